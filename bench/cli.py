@@ -1,0 +1,224 @@
+"""`bench` command line: argument parsing only; the work happens in the modules it calls.
+
+Bad input (BenchInputError, a bad flag) prints one line on stderr and exits 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from bench.errors import BenchInputError
+
+EXIT_OK, EXIT_TRIALS_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad flag in one line (no usage dump) and exits 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise BenchInputError(f"{message} (see {self.prog} --help)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="bench", description="Benchmark vision architectures with Ray Tune sweeps.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run a sweep (resumes: trials with an ok result are skipped)")
+    run.add_argument("sweep", help="sweep file (YAML)")
+    _results_flag(run)
+    run.add_argument("--mlflow-uri", help="MLflow tracking URI (default sqlite:///<results>/mlflow.db)")
+    run.add_argument("--address", help="join this Ray cluster (default: RAY_ADDRESS, else a local Ray)")
+    run.add_argument("--max-concurrent", type=int, help="at most N trials at once")
+    _set_flag(run)
+    run.add_argument("--dry-run", action="store_true", help="list the trials that would run, run nothing")
+    run.add_argument("--fresh", action="store_true", help="rerun every trial, even those with results")
+
+    validate = sub.add_parser("validate", help="parse and expand a sweep file; print the trial count")
+    validate.add_argument("sweep")
+    _set_flag(validate)
+
+    trial = sub.add_parser("trial", help="run one trial of a sweep in this process, without Ray (for debugging)")
+    trial.add_argument("sweep")
+    which = trial.add_mutually_exclusive_group()
+    which.add_argument("--index", type=int, default=0, help="the trial's position in the expanded grid")
+    which.add_argument("--trial-id", help="the trial's id")
+    trial.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: auto)")
+    _set_flag(trial)
+
+    results = sub.add_parser("results", help="query the result store")
+    rsub = results.add_subparsers(dest="results_command", required=True, parser_class=_Parser, metavar="SUBCOMMAND")
+    ls = rsub.add_parser("ls", help="list the sweeps in the store")
+    _results_flag(ls)
+    table = rsub.add_parser("table", help="comparison table: mean ± std over seeds")
+    table.add_argument("sweep", help="sweep name (or its sweep file)")
+    _results_flag(table)
+    table.add_argument("--rows", default="model")
+    table.add_argument("--cols", default="train_size")
+    table.add_argument("--metric", default="test_acc")
+    table.add_argument("--where", help="pandas query, e.g. \"dataset == 'cifar10'\"")
+    table.add_argument("--format", default="md", choices=("md", "csv", "latex", "html", "json"))
+
+    models = sub.add_parser("models", help="the model registry with params and FLOPs")
+    models.add_argument("--img-size", type=int, default=32)
+    models.add_argument("--num-classes", type=int, default=100)
+    models.add_argument("--pattern", default="*", help="shell pattern on model names")
+    perf = sub.add_parser("perf", help="the performance suite (figures recorded in docs/PERF.md)")
+    perf.add_argument("--suite", action="append", help="run only this suite (repeatable; default: all)")
+    perf.add_argument("--quick", action="store_true", help="fewer repeats: a smoke run, not figures to record")
+    perf.add_argument("--out", help="also write the measured figures as JSON to this file")
+    return parser
+
+
+def _results_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--results", default="results", help="result store folder (default ./results)")
+
+
+def _set_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a sweep field, e.g. --set train.epochs=3 (repeatable)")
+
+
+# ---------------------------------------------------------------------------- commands
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from bench.spec import load_sweep
+
+    if args.max_concurrent is not None and args.max_concurrent < 1:
+        raise BenchInputError("--max-concurrent: expected a whole number >= 1")
+    sweep = load_sweep(args.sweep, args.overrides)
+    if args.dry_run:
+        return _dry_run(sweep, args)
+
+    from bench.query import comparison_table
+    from bench.store import ResultStore
+    from bench.sweep import run_sweep
+
+    outcome = run_sweep(sweep, args.results, mlflow_uri=args.mlflow_uri, address=args.address,
+                        max_concurrent=args.max_concurrent, fresh=args.fresh)
+    trials = ResultStore(args.results, sweep.name).read_trials()
+    ids = {t["trial_id"] for t in sweep.trials}
+    print()
+    print(comparison_table(trials[trials["trial_id"].isin(ids)]))
+    if outcome.failed:
+        print(f"\n{outcome.failed} of {outcome.total} trials failed; see the 'error' column "
+              f"(bench results table {sweep.name} --metric ... or pandas)", file=sys.stderr)
+        return EXIT_TRIALS_FAILED
+    return EXIT_OK
+
+
+def _dry_run(sweep, args: argparse.Namespace) -> int:
+    from bench.store import ResultStore
+    from bench.sweep import pending_trials
+
+    pending = {t["trial_id"] for t in pending_trials(sweep, ResultStore(args.results, sweep.name), args.fresh)}
+    for t in sweep.trials:
+        state = "run " if t["trial_id"] in pending else "done"
+        print(f"{state} {t['trial_id']} {t['model']} {t['dataset']['name']} train_size={t['train_size']} seed={t['seed']}")
+    print(f"{sweep.name}: {len(sweep.trials)} trials, {len(pending)} to run")
+    return EXIT_OK
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from bench.spec import load_sweep
+
+    sweep = load_sweep(args.sweep, args.overrides)
+    models = sorted({t["model"] for t in sweep.trials})
+    print(f"{sweep.name}: {len(sweep.trials)} trials ({', '.join(models)})")
+    return EXIT_OK
+
+
+def cmd_trial(args: argparse.Namespace) -> int:
+    from bench.spec import load_sweep
+    from bench.train import run_trial
+
+    sweep = load_sweep(args.sweep, args.overrides)
+    if args.trial_id:
+        matches = [t for t in sweep.trials if t["trial_id"] == args.trial_id]
+        if not matches:
+            raise BenchInputError(f"--trial-id {args.trial_id}: not a trial of {args.sweep}")
+        config = matches[0]
+    else:
+        if not 0 <= args.index < len(sweep.trials):
+            raise BenchInputError(f"--index {args.index}: {args.sweep} has trials 0..{len(sweep.trials) - 1}")
+        config = sweep.trials[args.index]
+    print(json.dumps(config, indent=2), file=sys.stderr)
+    result = run_trial(config, device=args.device,
+                       on_epoch=lambda row, _: print(json.dumps(row), file=sys.stderr, flush=True))
+    print(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=2))
+    return EXIT_OK
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    from bench.query import comparison_table, ok_trials
+    from bench.store import ResultStore, list_sweeps
+
+    if args.results_command == "ls":
+        names = list_sweeps(args.results)
+        if not names:
+            print(f"no sweeps under {args.results}")
+        for name in names:
+            trials = ResultStore(args.results, name).read_trials()
+            latest = trials.sort_values("finished_at").drop_duplicates("trial_id", keep="last")
+            failed = int((latest["status"] != "ok").sum())
+            last = latest["finished_at"].max()
+            print(f"{name}: {len(ok_trials(trials))} ok, {failed} failed, last finished {last:%Y-%m-%d %H:%M} UTC")
+        return EXIT_OK
+    name = _sweep_name(args.sweep)
+    trials = ResultStore(args.results, name).read_trials()
+    if trials.empty:
+        raise BenchInputError(f"{args.sweep}: no results under {args.results}/{name} (bench results ls lists the sweeps)")
+    print(comparison_table(trials, args.rows, args.cols, args.metric, args.where, args.format))
+    return EXIT_OK
+
+
+def _sweep_name(sweep: str) -> str:
+    """A sweep is named by its name, or by its sweep file."""
+    if sweep.endswith((".yaml", ".yml")):
+        from bench.spec import load_sweep
+
+        return load_sweep(sweep).name
+    return sweep
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from bench.models.summary import describe_models, format_models_table
+
+    rows = describe_models(args.pattern, args.img_size, args.num_classes)
+    if not rows:
+        raise BenchInputError(f"--pattern {args.pattern!r}: no model matches")
+    print(format_models_table(rows, args.img_size, args.num_classes))
+    return EXIT_OK
+
+
+def cmd_perf(args: argparse.Namespace) -> int:
+    from bench.perf import run_perf
+
+    return run_perf(suites=args.suite, quick=args.quick, out=args.out)
+
+
+COMMANDS = {
+    "run": cmd_run, "validate": cmd_validate, "trial": cmd_trial, "results": cmd_results,
+    "models": cmd_models, "perf": cmd_perf,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return COMMANDS[args.command](args)
+    except BenchInputError as exc:
+        message = " ".join(str(exc).split())  # one line, whatever the message held
+        print(f"bench: error: {message}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("bench: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,34 @@
+"""The data module: datasets by name, nested stratified subsets, and data kept on the device."""
+
+from bench.data import spatial  # noqa: F401  (registers the datasets)
+from bench.data.loader import DeviceLoader, Normalizer
+from bench.data.registry import (
+    Splits,
+    check_available,
+    dataset_hash_view,
+    list_datasets,
+    load_splits,
+    parse_options,
+    register_dataset,
+    resolve_dataset,
+)
+from bench.data.subsets import nested_order, stratified_subset, subset_size
+from bench.data.trial import TrialData, build_trial_data
+
+__all__ = [
+    "DeviceLoader",
+    "Normalizer",
+    "Splits",
+    "TrialData",
+    "build_trial_data",
+    "check_available",
+    "dataset_hash_view",
+    "list_datasets",
+    "load_splits",
+    "nested_order",
+    "parse_options",
+    "register_dataset",
+    "resolve_dataset",
+    "stratified_subset",
+    "subset_size",
+]

@@ -1,0 +1,30 @@
+"""The model zoo: `create_model(name, num_classes, img_size=32, in_chans=3, **model_args)`."""
+
+from bench.models import resnet, vit  # noqa: F401  (registers the models)
+from bench.models.base import AttentionModel, BenchModel
+from bench.models.layers import set_attention_impl
+from bench.models.measure import count_flops, count_params
+from bench.models.registry import (
+    all_model_arg_names,
+    create_model,
+    is_model,
+    list_models,
+    model_arg_names,
+    model_entry,
+    register_model,
+)
+
+__all__ = [
+    "AttentionModel",
+    "BenchModel",
+    "all_model_arg_names",
+    "count_flops",
+    "count_params",
+    "create_model",
+    "is_model",
+    "list_models",
+    "model_arg_names",
+    "model_entry",
+    "register_model",
+    "set_attention_impl",
+]

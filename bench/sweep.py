@@ -1,0 +1,267 @@
+"""Ray Tune orchestration: the only module that knows Ray.
+
+One launch = one `tune.Tuner` over the sweep's pending trials (those without an `ok`
+row in the store, unless `fresh`). Each Tune trial calls `bench.train.run_trial`,
+reports every epoch with a checkpoint, and is retried from its last checkpoint up to
+`resources.max_failures` times. Results reach the Parquet store and MLflow from the
+driver, in Tune callbacks, as each trial finishes: a crash later in the sweep never
+loses a finished trial.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+# Our store and progress lines replace Tune's own loggers and console output.
+os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+
+import ray  # noqa: E402
+import torch  # noqa: E402
+from ray import tune  # noqa: E402
+
+from bench import data as data_registry  # noqa: E402
+from bench.spec import Sweep  # noqa: E402
+from bench.store import ResultStore, now_utc, trial_row  # noqa: E402
+from bench.tracking import Tracker, check_reachable, resolve_tracking  # noqa: E402
+from bench.train import run_trial  # noqa: E402
+
+STATE_FILE = "state.pt"
+FINAL_KEY = "bench_final"
+
+
+@dataclass
+class SweepOutcome:
+    total: int
+    skipped: int
+    ok: int
+    failed: int
+
+
+# ------------------------------------------------------------------------ the trial
+
+
+def _tune_trainable(param_space: dict[str, Any]) -> None:
+    """Runs inside a Ray worker: one trial, resumed from its last checkpoint if retried."""
+    config = param_space["trial"]
+    torch.set_num_threads(max(1, int(param_space["cpus"])))
+    resume = None
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            resume = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=False)
+
+    def on_epoch(row: dict[str, Any], get_state) -> None:
+        with tempfile.TemporaryDirectory() as folder:
+            torch.save(get_state(), Path(folder) / STATE_FILE)
+            tune.report(dict(row), checkpoint=tune.Checkpoint.from_directory(folder))
+
+    device = "auto" if param_space["gpus"] > 0 else "cpu"
+    result = run_trial(config, on_epoch=on_epoch, resume=resume, device=device)
+    tune.report({FINAL_KEY: json.dumps(result)})
+
+
+# ----------------------------------------------------------------- driver callbacks
+
+
+class Progress:
+    """One line per finished/failed/retried trial, with counts and an ETA."""
+
+    def __init__(self, total: int, concurrency: int, out: TextIO):
+        self.total, self.concurrency, self.out = total, max(1, concurrency), out
+        self.ok = self.failed = self.running = 0
+        self.durations: list[float] = []
+        self.started = time.monotonic()
+
+    def eta(self) -> str:
+        remaining = self.total - self.ok - self.failed
+        if not self.durations or remaining <= 0:
+            return "-"
+        seconds = sum(self.durations) / len(self.durations) * remaining / self.concurrency
+        return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
+
+    def line(self, event: str, config: dict[str, Any], detail: str) -> None:
+        done = self.ok + self.failed
+        label = f"{config['model']} {config['dataset']['name']} train_size={config['train_size']} seed={config['seed']}"
+        print(
+            f"[{done:>{len(str(self.total))}}/{self.total}] {event:<6} {config['trial_id']} {label}  {detail}"
+            f"  | running {self.running}, failed {self.failed}, ETA {self.eta()}",
+            file=self.out, flush=True,
+        )
+
+
+class StoreCallback(tune.Callback):
+    """Writes each finished trial to Parquet and MLflow the moment Tune reports it."""
+
+    def __init__(self, store: ResultStore, tracker: Tracker | None, progress: Progress):
+        self.store, self.tracker, self.progress = store, tracker, progress
+        self.run_ids: dict[str, str | None] = {}
+        self.started_at: dict[str, Any] = {}
+        self.attempts: dict[str, int] = {}
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        config = trial.config["trial"]
+        tid = config["trial_id"]
+        self.started_at.setdefault(tid, now_utc())
+        self.attempts[tid] = self.attempts.get(tid, 0) + 1
+        if tid not in self.run_ids:
+            self.run_ids[tid] = self.tracker.start_trial(config) if self.tracker else None
+        self.progress.running += 1
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if FINAL_KEY not in result and self.tracker and "epoch" in result:
+            self.tracker.log_epoch(self.run_ids.get(trial.config["trial"]["trial_id"]), result)
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        self.progress.running -= 1
+        config = trial.config["trial"]
+        self.progress.line("retry", config, f"attempt {self.attempts[config['trial_id']]} failed: {_error_line(trial)}")
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        config = trial.config["trial"]
+        tid = config["trial_id"]
+        result = json.loads(trial.last_result[FINAL_KEY])
+        row = trial_row(config, status="ok", result=result, mlflow_run_id=self.run_ids.get(tid),
+                        started_at=self.started_at.get(tid), attempts=self.attempts.get(tid, 1))
+        self.store.write_epochs(tid, result["history"])
+        self.store.write_trial(row)
+        if self.tracker:
+            self.tracker.end_trial(self.run_ids.get(tid), row)
+        self.progress.running -= 1
+        self.progress.ok += 1
+        self.progress.durations.append(result["wall_s"])
+        self.progress.line("ok", config, f"test_acc={result['test_acc']:.3f} ({result['wall_s']:.1f}s)")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        config = trial.config["trial"]
+        tid = config["trial_id"]
+        error = _error_text(trial)
+        row = trial_row(config, status="failed", error=error, mlflow_run_id=self.run_ids.get(tid),
+                        started_at=self.started_at.get(tid), attempts=self.attempts.get(tid, 1))
+        self.store.write_trial(row)
+        if self.tracker:
+            self.tracker.end_trial(self.run_ids.get(tid), row)
+        self.progress.running -= 1
+        self.progress.failed += 1
+        self.progress.line("FAILED", config, _error_line(trial))
+
+
+def _error_text(trial) -> str:
+    error = trial.get_error()
+    return str(error) if error is not None else "trial failed (no error recorded)"
+
+
+def _error_line(trial) -> str:
+    lines = [line.strip() for line in _error_text(trial).strip().splitlines() if line.strip()]
+    return lines[-1][:300] if lines else "unknown error"
+
+
+# ------------------------------------------------------------------------ the driver
+
+
+def pending_trials(sweep: Sweep, store: ResultStore, fresh: bool) -> list[dict[str, Any]]:
+    done = set() if fresh else store.ok_trial_ids()
+    return [t for t in sweep.trials if t["trial_id"] not in done]
+
+
+def preflight(trials: list[dict[str, Any]]) -> None:
+    """Bad input must fail before anything is written: check every dataset is on disk (or may be fetched)."""
+    seen = set()
+    for trial in trials:
+        key = json.dumps(trial["dataset"], sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            data_registry.check_available(trial["dataset"])
+
+
+def connect_ray(address: str | None) -> bool:
+    """Join `address` (or RAY_ADDRESS), reuse a running ray, or start a local one; True if we started it."""
+    if ray.is_initialized():
+        return False
+    quiet = {"log_to_driver": False, "logging_level": logging.ERROR, "configure_logging": True}
+    # Tune warns that it finds no result.json: our store replaces its loggers on purpose.
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+    if address or os.environ.get("RAY_ADDRESS"):
+        ray.init(address=address, **quiet)
+    else:
+        ray.init(include_dashboard=False, **quiet)
+    return True
+
+
+def run_sweep(
+    sweep: Sweep,
+    results_dir: str | os.PathLike[str] = "results",
+    mlflow_uri: str | None = None,
+    address: str | None = None,
+    max_concurrent: int | None = None,
+    fresh: bool = False,
+    out: TextIO = sys.stdout,
+) -> SweepOutcome:
+    """Run the sweep's pending trials on Ray Tune; results go to the store and MLflow as they finish."""
+    store = ResultStore(results_dir, sweep.name)
+    pending = pending_trials(sweep, store, fresh)
+    skipped = len(sweep.trials) - len(pending)
+    if not pending:
+        print(f"{sweep.name}: all {len(sweep.trials)} trials already have results (use --fresh to rerun)", file=out)
+        return SweepOutcome(len(sweep.trials), skipped, 0, 0)
+    preflight(pending)
+    uri, artifact_location = resolve_tracking(results_dir, mlflow_uri)
+    check_reachable(uri)
+
+    Path(results_dir).mkdir(parents=True, exist_ok=True)
+    tracker = Tracker(uri, sweep.name, artifact_location)
+    tracker.start_sweep(sweep.name, sweep.description, len(sweep.trials), len(pending), sweep.source_path)
+    started_ray = connect_ray(address)
+    res = sweep.resources
+    concurrency = max_concurrent or res.max_concurrent
+    cluster_cpus = ray.cluster_resources().get("CPU", 1)
+    progress = Progress(len(pending), concurrency or max(1, int(cluster_cpus // res.cpus_per_trial)), out)
+    print(
+        f"{sweep.name}: {len(pending)} trials to run ({skipped} already done) on Ray "
+        f"({cluster_cpus:g} CPUs, {ray.cluster_resources().get('GPU', 0):g} GPUs); results in {store.base}",
+        file=out, flush=True,
+    )
+    callback = StoreCallback(store, tracker, progress)
+    tune_root = Path(results_dir).resolve() / sweep.name / ".tune"
+    launch = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    trainable = tune.with_resources(_tune_trainable, {"cpu": res.cpus_per_trial, "gpu": res.gpus_per_trial})
+    tuner = tune.Tuner(
+        trainable,
+        param_space={
+            "trial": tune.grid_search(pending),
+            "cpus": res.cpus_per_trial,
+            "gpus": res.gpus_per_trial,
+        },
+        tune_config=tune.TuneConfig(
+            max_concurrent_trials=concurrency,
+            trial_dirname_creator=lambda trial: trial.config["trial"]["trial_id"],
+            trial_name_creator=lambda trial: trial.config["trial"]["trial_id"],
+        ),
+        run_config=tune.RunConfig(
+            name=launch,
+            storage_path=str(tune_root),
+            failure_config=tune.FailureConfig(max_failures=res.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            callbacks=[callback],
+            verbose=0,
+        ),
+    )
+    try:
+        tuner.fit()
+    finally:
+        tracker.end_sweep(progress.ok, progress.failed)
+        shutil.rmtree(tune_root / launch, ignore_errors=True)  # checkpoints are for retries, not results
+        if started_ray:
+            ray.shutdown()
+    return SweepOutcome(len(sweep.trials), skipped, progress.ok, progress.failed)

@@ -1,0 +1,152 @@
+"""MLflow mirror of the result store: a parent run per launch, a child run per trial.
+
+All logging happens in the driver (the orchestrator's callbacks), never in trial
+workers, so many concurrent trials never write one SQLite file, and a cluster's
+workers need no route to the tracking server. The Parquet store stays the source of
+truth: a tracking failure is reported as a warning and the sweep goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from bench.errors import BenchInputError
+
+# Row fields mirrored as child-run metrics at the end of a trial.
+FINAL_METRICS = ("test_acc", "test_loss", "train_loss", "train_acc", "params", "flops", "wall_s", "train_samples_per_s", "n_train")
+EPOCH_METRICS = ("train_loss", "train_acc", "test_loss", "test_acc", "lr", "wall_s")
+
+
+def default_tracking_uri(results_dir: str | os.PathLike[str]) -> str:
+    return f"sqlite:///{Path(results_dir).resolve()}/mlflow.db"
+
+
+def resolve_tracking(results_dir: str | os.PathLike[str], cli_uri: str | None) -> tuple[str, str | None]:
+    """(tracking URI, artifact location for new experiments): --mlflow-uri, then MLFLOW_TRACKING_URI, then the default.
+
+    Only the default local store puts artifacts under `<results>/mlartifacts`; a server
+    keeps its own artifact store.
+    """
+    uri = cli_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri, None
+    return default_tracking_uri(results_dir), (Path(results_dir).resolve() / "mlartifacts").as_uri()
+
+
+def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
+    """Fail fast (exit 2) on an http(s) tracking URI nobody answers, instead of retrying for minutes."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s):
+            return
+    except urllib.error.HTTPError:
+        return  # something answered; MLflow servers behind proxies may not expose /health
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise BenchInputError(f"--mlflow-uri {uri}: no MLflow server answers there ({reason})") from None
+
+
+def flatten(prefix: str, value: Any, out: dict[str, str]) -> dict[str, str]:
+    """Nested config -> dotted MLflow params."""
+    if isinstance(value, dict):
+        for key, sub in value.items():
+            flatten(f"{prefix}.{key}" if prefix else str(key), sub, out)
+    else:
+        out[prefix] = str(value)
+    return out
+
+
+class Tracker:
+    """Driver-side MLflow logging for one launch of one sweep."""
+
+    def __init__(self, uri: str, experiment: str, artifact_location: str | None = None):
+        import mlflow  # noqa: F401  (heavy; imported only when tracking is used)
+        from mlflow.tracking import MlflowClient
+
+        logging.getLogger("alembic").setLevel(logging.WARNING)
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
+        self.uri = uri
+        self.client = MlflowClient(tracking_uri=uri)
+        existing = self.client.get_experiment_by_name(experiment)
+        if existing is not None:
+            self.experiment_id = existing.experiment_id
+        else:
+            self.experiment_id = self.client.create_experiment(experiment, artifact_location=artifact_location)
+        self.parent_run_id: str | None = None
+        self._warned = False
+
+    def _guard(self, what: str, fn, *args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:  # the Parquet store is the truth; tracking must not kill the sweep
+            if not self._warned:
+                print(f"bench: warning: MLflow {what} failed ({exc}); results are still written to Parquet",
+                      file=sys.stderr)
+                self._warned = True
+            return None
+
+    def start_sweep(self, name: str, description: str, n_trials: int, n_pending: int, source: str | None) -> str:
+        tags = {"bench.sweep": name, "bench.kind": "sweep", "mlflow.note.content": description}
+        run = self.client.create_run(self.experiment_id, run_name=f"{name} launch", tags=tags)
+        self.parent_run_id = run.info.run_id
+        params = {"sweep": name, "trials": str(n_trials), "pending": str(n_pending), "sweep_file": str(source)}
+        self._guard("log", self._log, self.parent_run_id, params=params)
+        return self.parent_run_id
+
+    def start_trial(self, config: dict[str, Any]) -> str | None:
+        tags = {
+            "mlflow.parentRunId": self.parent_run_id or "",
+            "trial_id": config["trial_id"],
+            "model": config["model"],
+            "dataset": config["dataset"]["name"],
+            "stage": config["stage"],
+        }
+        run_name = f"{config['model']} {config['dataset']['name']} n={config['train_size']} s={config['seed']}"
+        run = self._guard("create_run", self.client.create_run, self.experiment_id, run_name=run_name, tags=tags)
+        if run is None:
+            return None
+        params = flatten("", {k: v for k, v in config.items() if k not in ("trial_id", "sweep")}, {})
+        self._guard("log", self._log, run.info.run_id, params=params)
+        return run.info.run_id
+
+    def log_epoch(self, run_id: str | None, row: dict[str, Any]) -> None:
+        if run_id is None:
+            return
+        metrics = {k: row[k] for k in EPOCH_METRICS if row.get(k) is not None}
+        self._guard("log", self._log, run_id, metrics=metrics, step=int(row["epoch"]))
+
+    def end_trial(self, run_id: str | None, row: dict[str, Any]) -> None:
+        if run_id is None:
+            return
+        metrics = {k: row[k] for k in FINAL_METRICS if row.get(k) is not None}
+        tags = {"status": row["status"]}
+        if row.get("error"):
+            tags["error"] = str(row["error"])[:5000]
+        self._guard("log", self._log, run_id, metrics=metrics, tags=tags)
+        self._guard("set_terminated", self.client.set_terminated, run_id, "FINISHED" if row["status"] == "ok" else "FAILED")
+
+    def end_sweep(self, ok: int, failed: int) -> None:
+        if self.parent_run_id is None:
+            return
+        self._guard("log", self._log, self.parent_run_id, metrics={"trials_ok": ok, "trials_failed": failed})
+        self._guard("set_terminated", self.client.set_terminated, self.parent_run_id, "FINISHED" if failed == 0 else "FAILED")
+
+    def _log(self, run_id: str, params: dict[str, str] | None = None, metrics: dict[str, float] | None = None,
+             tags: dict[str, str] | None = None, step: int = 0) -> None:
+        from mlflow.entities import Metric, Param, RunTag
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(
+            run_id,
+            metrics=[Metric(k, float(v), now, step) for k, v in (metrics or {}).items()],
+            params=[Param(k, v[:6000]) for k, v in (params or {}).items()],
+            tags=[RunTag(k, v) for k, v in (tags or {}).items()],
+        )
