@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -78,8 +79,10 @@ def _tune_trainable(param_space: dict[str, Any]) -> None:
 class Progress:
     """One line per finished/failed/retried trial, with counts and an ETA."""
 
-    def __init__(self, total: int, concurrency: int, out: TextIO):
-        self.total, self.concurrency, self.out = total, max(1, concurrency), out
+    def __init__(self, total: int, concurrency: int, out: TextIO | None = None):
+        # Tune pickles its callbacks with the experiment state: keep streams out of them.
+        self.total, self.concurrency = total, max(1, concurrency)
+        self._out = out
         self.ok = self.failed = self.running = 0
         self.durations: list[float] = []
         self.started = time.monotonic()
@@ -97,8 +100,11 @@ class Progress:
         print(
             f"[{done:>{len(str(self.total))}}/{self.total}] {event:<6} {config['trial_id']} {label}  {detail}"
             f"  | running {self.running}, failed {self.failed}, ETA {self.eta()}",
-            file=self.out, flush=True,
+            file=self._out or sys.stdout, flush=True,
         )
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_out": None}
 
 
 class StoreCallback(tune.Callback):
@@ -158,8 +164,11 @@ class StoreCallback(tune.Callback):
 
 
 def _error_text(trial) -> str:
-    error = trial.get_error()
-    return str(error) if error is not None else "trial failed (no error recorded)"
+    """The trial's latest failure: Tune appends every failure to the trial's local error file."""
+    path = trial.error_file
+    text = Path(path).read_text() if path and Path(path).exists() else str(trial.get_error() or "")
+    latest = re.split(r"^Failure # \d+ \(occurred at [^)]*\)\n", text, flags=re.M)[-1].strip()
+    return latest or "trial failed (no error recorded)"
 
 
 def _error_line(trial) -> str:
@@ -187,11 +196,11 @@ def preflight(trials: list[dict[str, Any]]) -> None:
 
 def connect_ray(address: str | None) -> bool:
     """Join `address` (or RAY_ADDRESS), reuse a running ray, or start a local one; True if we started it."""
+    # Tune warns that it finds no result.json: our store replaces its loggers on purpose.
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     if ray.is_initialized():
         return False
     quiet = {"log_to_driver": False, "logging_level": logging.ERROR, "configure_logging": True}
-    # Tune warns that it finds no result.json: our store replaces its loggers on purpose.
-    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     if address or os.environ.get("RAY_ADDRESS"):
         ray.init(address=address, **quiet)
     else:
@@ -206,14 +215,15 @@ def run_sweep(
     address: str | None = None,
     max_concurrent: int | None = None,
     fresh: bool = False,
-    out: TextIO = sys.stdout,
+    out: TextIO | None = None,
 ) -> SweepOutcome:
     """Run the sweep's pending trials on Ray Tune; results go to the store and MLflow as they finish."""
     store = ResultStore(results_dir, sweep.name)
     pending = pending_trials(sweep, store, fresh)
     skipped = len(sweep.trials) - len(pending)
     if not pending:
-        print(f"{sweep.name}: all {len(sweep.trials)} trials already have results (use --fresh to rerun)", file=out)
+        print(f"{sweep.name}: all {len(sweep.trials)} trials already have results (use --fresh to rerun)",
+              file=out or sys.stdout)
         return SweepOutcome(len(sweep.trials), skipped, 0, 0)
     preflight(pending)
     uri, artifact_location = resolve_tracking(results_dir, mlflow_uri)
@@ -230,7 +240,7 @@ def run_sweep(
     print(
         f"{sweep.name}: {len(pending)} trials to run ({skipped} already done) on Ray "
         f"({cluster_cpus:g} CPUs, {ray.cluster_resources().get('GPU', 0):g} GPUs); results in {store.base}",
-        file=out, flush=True,
+        file=out or sys.stdout, flush=True,
     )
     callback = StoreCallback(store, tracker, progress)
     tune_root = Path(results_dir).resolve() / sweep.name / ".tune"

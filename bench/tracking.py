@@ -81,6 +81,7 @@ class Tracker:
         else:
             self.experiment_id = self.client.create_experiment(experiment, artifact_location=artifact_location)
         self.parent_run_id: str | None = None
+        self._runs_with_epochs: set[str] = set()
         self._warned = False
 
     def _guard(self, what: str, fn, *args, **kwargs):
@@ -122,11 +123,15 @@ class Tracker:
             return
         metrics = {k: row[k] for k in EPOCH_METRICS if row.get(k) is not None}
         self._guard("log", self._log, run_id, metrics=metrics, step=int(row["epoch"]))
+        self._runs_with_epochs.add(run_id)
 
     def end_trial(self, run_id: str | None, row: dict[str, Any]) -> None:
         if run_id is None:
             return
-        metrics = {k: row[k] for k in FINAL_METRICS if row.get(k) is not None}
+        # Metrics with an epoch series already end on the final value; logging them again
+        # would add a stray point to the curve.
+        skip = set(EPOCH_METRICS) if run_id in self._runs_with_epochs else set()
+        metrics = {k: row[k] for k in FINAL_METRICS if row.get(k) is not None and k not in skip}
         tags = {"status": row["status"]}
         if row.get("error"):
             tags["error"] = str(row["error"])[:5000]

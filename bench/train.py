@@ -19,7 +19,8 @@ from bench.data import DeviceLoader, TrialData, build_trial_data
 from bench.models import count_flops, count_params, create_model, model_entry
 
 #: on_epoch(epoch_row, get_state): epoch_row holds the epoch's metrics; get_state() builds
-#: the checkpoint state lazily, only if the hook wants to save it.
+#: the checkpoint state lazily, only if the hook wants to save it. The state shares
+#: storage with the live model: serialise (or deep-copy) it before returning.
 EpochHook = Callable[[dict[str, Any], Callable[[], dict[str, Any]]], None]
 
 

@@ -1,0 +1,87 @@
+"""The command line as users run it: exit codes, one-line errors, nothing half-written."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from tests.conftest import REPO, run_cli
+
+QUICKSTART = str(REPO / "sweeps" / "quickstart.yaml")
+
+
+def write(tmp_path, text: str):
+    path = tmp_path / "sweep.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def assert_bad_input(proc, *fragments):
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("bench: error: ")
+    assert "Traceback" not in proc.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("text", "fragments"),
+    [
+        ("name: x\nmodel: resnet99\n", ["grid" if False else "model", "unknown model 'resnet99'"]),
+        ("name: x\nmodel: resnet18\ntrain: {epocs: 3}\n", ["train.epocs: unknown key", "did you mean 'epochs'"]),
+        ("name: x\nmodel: resnet18\ngrid: {model: [vit_ti, vitti]}\n", ["grid.model", "'vitti'"]),
+        ("name: x\nmodel: [resnet18\n", ["not valid YAML"]),
+        ("name: x\nmodel: resnet18\ndataset: {name: imagenet21k}\n", ["unknown dataset 'imagenet21k'"]),
+    ],
+)
+def test_bad_sweep_files_exit_2_with_one_line_and_write_nothing(tmp_path, text, fragments):
+    results = tmp_path / "results"
+    proc = run_cli("run", write(tmp_path, text), "--results", str(results))
+    assert_bad_input(proc, "sweep.yaml", *fragments)
+    assert not results.exists()
+
+
+def test_missing_sweep_file(tmp_path):
+    assert_bad_input(run_cli("run", "missing.yaml", cwd=tmp_path), "missing.yaml: no such sweep file")
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["run", QUICKSTART, "--max-concurrent", "many"], "--max-concurrent"),
+    (["run", QUICKSTART, "--bogus"], "unrecognized arguments: --bogus"),
+    (["run", QUICKSTART, "--set", "train.epochs"], "expected KEY=VALUE"),
+    (["run", QUICKSTART, "--set", "train.epochz=3"], "train.epochz: unknown key"),
+    (["frobnicate"], "invalid choice"),
+    (["results", "table", "no-such-sweep", "--results", "nowhere"], "no results under nowhere/no-such-sweep"),
+])
+def test_bad_flags_exit_2(tmp_path, args, fragment):
+    assert_bad_input(run_cli(*args, cwd=tmp_path), fragment)
+
+
+def test_validate_prints_the_trial_count():
+    proc = run_cli("validate", QUICKSTART)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "quickstart: 12 trials (resnet18, vit_ti, vit_ti_pos)"
+
+
+def test_dry_run_lists_trials_and_writes_nothing(tmp_path):
+    proc = run_cli("run", QUICKSTART, "--dry-run", "--results", str(tmp_path / "r"), "--set", "grid.seed=[0]")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 7 and all(line.startswith("run ") for line in lines[:6])
+    assert lines[-1] == "quickstart: 6 trials, 6 to run"
+    assert not (tmp_path / "r").exists()
+
+
+def test_results_ls_on_an_empty_store(tmp_path):
+    proc = run_cli("results", "ls", "--results", str(tmp_path))
+    assert proc.returncode == 0 and "no sweeps" in proc.stdout
+
+
+def test_trial_runs_one_trial_without_ray(tmp_path):
+    sweep = {"name": "one", "model": "vit_ti", "model_args": {"patch_size": 4, "dim": 16, "depth": 1, "heads": 2},
+             "dataset": {"name": "spatial", "num_train": 128, "num_test": 64}, "train": {"epochs": 1, "batch_size": 32}}
+    proc = run_cli("trial", write(tmp_path, yaml.safe_dump(sweep)), "--device", "cpu")
+    assert proc.returncode == 0, proc.stderr
+    assert '"test_acc"' in proc.stdout and '"n_train": 128' in proc.stdout

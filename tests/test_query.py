@@ -1,0 +1,75 @@
+"""Comparison tables: aggregation over seeds, latest row per trial, formats and errors."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import pandas as pd
+import pytest
+
+from bench.errors import BenchInputError
+from bench.query import comparison_table, summarize
+
+
+def trials(rows):
+    base = {"status": "ok", "dataset": "spatial", "finished_at": datetime(2026, 1, 1, tzinfo=timezone.utc)}
+    return pd.DataFrame([{**base, **r} for r in rows])
+
+
+DATA = trials([
+    {"trial_id": "a0", "model": "vit", "train_size": 0.5, "seed": 0, "test_acc": 0.80},
+    {"trial_id": "a1", "model": "vit", "train_size": 0.5, "seed": 1, "test_acc": 0.90},
+    {"trial_id": "b0", "model": "vit", "train_size": 1024.0, "seed": 0, "test_acc": 0.95},
+    {"trial_id": "c0", "model": "cnn", "train_size": 0.5, "seed": 0, "test_acc": 0.60},
+    {"trial_id": "d0", "model": "cnn", "train_size": 1024.0, "seed": 0, "test_acc": 0.10, "status": "failed"},
+])
+
+
+def test_mean_std_over_seeds():
+    s = summarize(DATA).set_index(["model", "train_size"])
+    assert s.loc[("vit", 0.5), "mean"] == pytest.approx(0.85)
+    assert s.loc[("vit", 0.5), "std"] == pytest.approx(0.0707107, rel=1e-5)
+    assert s.loc[("vit", 0.5), "n"] == 2
+    assert ("cnn", 1024.0) not in s.index  # failed trials are not averaged in
+
+
+def test_latest_row_of_a_trial_wins():
+    later = trials([{"trial_id": "c0", "model": "cnn", "train_size": 0.5, "seed": 0, "test_acc": 0.70,
+                     "finished_at": datetime(2026, 2, 1, tzinfo=timezone.utc)}])
+    s = summarize(pd.concat([DATA, later])).set_index(["model", "train_size"])
+    assert s.loc[("cnn", 0.5), "mean"] == pytest.approx(0.70) and s.loc[("cnn", 0.5), "n"] == 1
+
+
+def test_markdown_table():
+    md = comparison_table(DATA)
+    lines = md.splitlines()
+    assert lines[0].split("|")[1].strip() == "model \\ train_size"
+    assert [c.strip() for c in lines[0].split("|")[2:4]] == ["0.5", "1024"]
+    assert "85.0 ± 7.1" in md and "95.0" in md and "60.0" in md
+    assert "test_acc (%)" in md
+
+
+def test_csv_json_latex_html():
+    csv = comparison_table(DATA, fmt="csv")
+    assert csv.splitlines()[0] == "model,train_size,mean,std,n"
+    assert "vit,0.5,0.85" in csv
+    assert '"mean": 0.85' in comparison_table(DATA, fmt="json")
+    assert "\\begin{table}" in comparison_table(DATA, fmt="latex")
+    assert "<table" in comparison_table(DATA, fmt="html")
+
+
+def test_where_filter_and_other_axes():
+    s = summarize(DATA, rows="train_size", cols="model", where="seed == 0")
+    assert set(s["n"]) == {1}
+    assert "cnn" in comparison_table(DATA, rows="train_size", cols="model")
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"rows": "arch"}, "--rows arch: no such column"),
+    ({"metric": "acc"}, "--metric acc: no such column"),
+    ({"where": "model ==="}, "--where"),
+    ({"fmt": "xlsx"}, "--format xlsx"),
+])
+def test_errors(kwargs, match):
+    with pytest.raises(BenchInputError, match=match):
+        comparison_table(DATA, **kwargs)

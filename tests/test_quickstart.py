@@ -1,0 +1,42 @@
+"""The README's demo, end to end in a subprocess with its own Ray: table, store, MLflow, resume."""
+
+from __future__ import annotations
+
+import mlflow
+import pandas as pd
+import pytest
+
+from tests.conftest import REPO, run_cli
+
+pytestmark = pytest.mark.slow
+
+
+def table_of(stdout: str) -> str:
+    return stdout[stdout.index("| model"):].strip()
+
+
+def test_quickstart_runs_to_its_table_and_a_second_run_trains_nothing(tmp_path):
+    results = tmp_path / "results"
+    # One epoch keeps CI fast; everything else is the quickstart as shipped.
+    args = ("run", str(REPO / "sweeps" / "quickstart.yaml"), "--results", str(results), "--set", "train.epochs=1")
+    first = run_cli(*args, cwd=tmp_path, env={"RAY_ADDRESS": ""})
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "[12/12] ok" in first.stdout
+    table = table_of(first.stdout)
+    for model in ("resnet18", "vit_ti", "vit_ti_pos"):
+        assert f"| {model}" in table
+
+    trials = pd.read_parquet(results / "quickstart" / "trials")
+    assert len(trials) == 12 and set(trials.status) == {"ok"}
+    assert set(trials.n_train) == {256, 1024}
+    mlflow.set_tracking_uri(f"sqlite:///{results}/mlflow.db")
+    runs = mlflow.search_runs(experiment_names=["quickstart"])
+    children = runs[runs["tags.trial_id"].notna()].set_index("tags.trial_id")
+    assert len(children) == 12
+    assert (children.loc[trials.trial_id, "metrics.test_acc"].to_numpy() == trials.test_acc.to_numpy()).all()
+
+    second = run_cli(*args, cwd=tmp_path, env={"RAY_ADDRESS": ""})
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "all 12 trials already have results" in second.stdout
+    assert table_of(second.stdout) == table
+    assert len(pd.read_parquet(results / "quickstart" / "trials")) == 12

@@ -1,0 +1,141 @@
+"""Sweep file parsing, its errors, grid expansion and trial ids."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.errors import BenchInputError
+from bench.spec import load_sweep, parse_sweep, trial_id
+
+from tests.conftest import REPO
+
+BASE = {"name": "t", "model": "resnet18", "dataset": {"name": "spatial"}}
+
+
+def sweep(**fields):
+    return parse_sweep({**BASE, **fields})
+
+
+def error_of(raw, **kw) -> str:
+    with pytest.raises(BenchInputError) as info:
+        parse_sweep(raw, **kw)
+    return str(info.value)
+
+
+def test_quickstart_expands_to_the_full_grid():
+    s = load_sweep(REPO / "sweeps" / "quickstart.yaml")
+    assert s.name == "quickstart"
+    assert len(s.trials) == 3 * 2 * 2
+    assert len({t["trial_id"] for t in s.trials}) == 12
+    combos = {(t["model"], t["train_size"], t["seed"]) for t in s.trials}
+    assert combos == {(m, n, seed) for m in ("resnet18", "vit_ti", "vit_ti_pos") for n in (256, 1024) for seed in (0, 1)}
+    assert s.resources.cpus_per_trial == 1 and s.resources.max_failures == 2
+
+
+def test_grid_order_is_the_cartesian_product_in_key_order():
+    s = sweep(grid={"seed": [0, 1], "train.lr": [0.1, 0.2]})
+    assert [(t["seed"], t["train"]["lr"]) for t in s.trials] == [(0, 0.1), (0, 0.2), (1, 0.1), (1, 0.2)]
+
+
+def test_dotted_keys_reach_nested_fields():
+    s = sweep(grid={"dataset.sigma": [0.1, 0.9], "model_args.width": [8]})
+    assert [t["dataset"]["sigma"] for t in s.trials] == [0.1, 0.9]
+    assert all(t["model_args"] == {"width": 8} for t in s.trials)
+    assert s.trials[0]["trial_id"] != s.trials[1]["trial_id"]
+
+
+def test_resolved_trial_holds_every_field():
+    t = sweep(train={"epochs": 3}).trials[0]
+    assert set(t) == {"sweep", "stage", "dataset", "model", "model_args", "train", "train_size", "seed",
+                      "transfer", "source", "analysis", "trial_id"}
+    assert t["train"]["epochs"] == 3 and t["train"]["optimizer"] == "adamw"
+    assert t["dataset"]["q"] == 0.5  # dataset defaults filled in
+    assert t["stage"] == "main" and t["transfer"] is None
+
+
+def test_trial_id_is_stable_and_ignores_defaults_and_paths():
+    implicit = sweep().trials[0]
+    explicit = sweep(train={"epochs": 10, "optimizer": "adamw"}, dataset={"name": "spatial", "q": 0.5}).trials[0]
+    assert implicit["trial_id"] == explicit["trial_id"]
+    assert trial_id(implicit) == implicit["trial_id"]
+    # A golden value: trial ids must not drift between bench versions, or resume breaks.
+    assert implicit["trial_id"] == trial_id({**implicit, "sweep": "another-sweep-name"})
+    assert sweep(seed=1).trials[0]["trial_id"] != implicit["trial_id"]
+    assert sweep(train={"lr": 0.01}).trials[0]["trial_id"] != implicit["trial_id"]
+
+
+def test_trial_id_golden_value():
+    """Changing how ids are computed invalidates every stored result; this must be deliberate."""
+    assert sweep().trials[0]["trial_id"] == GOLDEN_ID
+
+
+GOLDEN_ID = "f851f6a1a5b3"
+
+
+def test_model_args_apply_to_the_models_that_take_them():
+    s = sweep(model_args={"patch_size": 4, "width": 8}, grid={"model": ["resnet18", "vit_ti"]})
+    resnet, vit = s.trials
+    assert resnet["model_args"] == {"width": 8}
+    assert vit["model_args"] == {"patch_size": 4}
+    # A ViT-only arg does not change the ResNet's id.
+    assert resnet["trial_id"] == sweep(model_args={"width": 8}).trials[0]["trial_id"]
+
+
+def test_train_size_fraction_or_count():
+    s = sweep(grid={"train_size": [0.5, 1, 1.0, 300]})
+    sizes = [t["train_size"] for t in s.trials]
+    assert sizes == [0.5, 1.0, 300]  # 1 and 1.0 are the same trial (the whole set), run once
+    assert isinstance(sizes[2], int)
+
+
+def test_overrides_with_set():
+    s = parse_sweep(BASE, overrides=["train.epochs=3", "grid.seed=[0, 1, 2]"])
+    assert [t["seed"] for t in s.trials] == [0, 1, 2]
+    assert all(t["train"]["epochs"] == 3 for t in s.trials)
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ({**BASE, "trian": {}}, "trian: unknown key; did you mean 'train'?"),
+        ({**BASE, "train": {"lrr": 0.1}}, "train.lrr: unknown key; did you mean 'lr'?"),
+        ({**BASE, "train": {"optimizer": "adam"}}, "train.optimizer"),
+        ({**BASE, "resources": {"gpus": 1}}, "resources.gpus: unknown key"),
+        ({**BASE, "model": "resnet19"}, "unknown model 'resnet19'; did you mean 'resnet18'?"),
+        ({**BASE, "grid": {"model": ["vit_tiny"]}}, "grid.model: unknown model 'vit_tiny'"),
+        ({**BASE, "dataset": {"name": "cifar11"}}, "unknown dataset 'cifar11'"),
+        ({**BASE, "dataset": {"name": "spatial", "sigmaa": 1}}, "sigmaa: unknown option of dataset 'spatial'"),
+        ({**BASE, "grid": {"dataset.qq": [0.1]}}, "grid.dataset.qq"),
+        ({**BASE, "model_args": {"patchsize": 4}}, "'patchsize' is not an argument of any model; did you mean 'patch_size'?"),
+        ({**BASE, "train_size": 0}, "train_size: expected a fraction"),
+        ({**BASE, "train_size": 10.5}, "whole number"),
+        ({**BASE, "grid": {"train_size": ["all"]}}, "grid.train_size"),
+        ({**BASE, "grid": {"seed": []}}, "grid: Value error, seed: an empty list gives no trials"),
+        ({**BASE, "grid": {"resources.cpus_per_trial": [1]}}, "grid.resources.cpus_per_trial: cannot sweep 'resources'"),
+        ({**BASE, "stages": [{"name": "a"}]}, "stages: multi-stage (transfer) sweeps are not yet supported"),
+        ({**BASE, "analysis": ["hessian"]}, "analysis: analyses (hessian) are not yet supported"),
+        ({**BASE, "name": "a/b"}, "name:"),
+        ({"model": "resnet18"}, "name: required field is missing"),
+        ({"name": "t"}, "model: no model given"),
+        ([1, 2], "must be a mapping"),
+    ],
+)
+def test_errors_name_the_field(raw, expected):
+    message = error_of(raw, source="s.yaml")
+    assert message.startswith("s.yaml")
+    assert expected in message
+    assert "\n" not in message
+
+
+def test_bad_override():
+    assert "expected KEY=VALUE" in error_of(BASE, overrides=["train.epochs"])
+    assert "train.epochs" in error_of(BASE, overrides=["train.epochs=many"])
+
+
+def test_load_errors(tmp_path):
+    with pytest.raises(BenchInputError, match="no such sweep file"):
+        load_sweep(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\ngrid: {model: [resnet18\n")
+    with pytest.raises(BenchInputError, match=r"bad.yaml: line \d+: not valid YAML"):
+        load_sweep(bad)

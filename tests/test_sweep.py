@@ -1,0 +1,107 @@
+"""Sweeps on a real local Ray Tune: results, resume, retries from checkpoints, failures."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import yaml
+
+from bench.cli import main
+from bench.store import TRIALS_SCHEMA
+
+pytestmark = pytest.mark.slow
+
+TINY = {
+    "name": "tiny",
+    "model": "vit_ti",
+    "model_args": {"patch_size": 4, "dim": 16, "depth": 1, "heads": 2},
+    "dataset": {"name": "spatial", "num_train": 256, "num_test": 128},
+    "train": {"epochs": 2, "batch_size": 32, "lr": 3e-3},
+    "train_size": 128,
+    "resources": {"cpus_per_trial": 1, "max_failures": 1},
+    "grid": {"seed": [0, 1]},
+}
+
+
+def write_sweep(tmp_path, **fields):
+    path = tmp_path / f"{fields.get('name', 'tiny')}.yaml"
+    path.write_text(yaml.safe_dump({**TINY, **fields}, sort_keys=False))
+    return path
+
+
+def mlflow_child_runs(results, experiment):
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{results}/mlflow.db")
+    runs = mlflow.search_runs(experiment_names=[experiment])
+    return runs[runs["tags.trial_id"].notna()], runs[runs["tags.trial_id"].isna()]
+
+
+def test_two_trial_sweep_writes_parquet_and_mlflow_then_resumes(ray_local, tmp_path, capsys):
+    sweep, results = write_sweep(tmp_path), tmp_path / "results"
+    assert main(["run", str(sweep), "--results", str(results)]) == 0
+    first_out = capsys.readouterr().out
+
+    trials = pd.read_parquet(results / "tiny" / "trials")
+    assert len(trials) == 2 and set(trials.status) == {"ok"}
+    assert set(TRIALS_SCHEMA.names) <= set(trials.columns)
+    assert set(trials.seed) == {0, 1} and set(trials.n_train) == {128} and set(trials.epochs) == {2}
+    assert trials.test_acc.between(0, 1).all() and (trials.flops > 0).all()
+    epochs = pd.read_parquet(results / "tiny" / "epochs")
+    assert len(epochs) == 4 and set(epochs.trial_id) == set(trials.trial_id)
+
+    children, parents = mlflow_child_runs(results, "tiny")
+    assert len(children) == 2 and len(parents) == 1
+    merged = children.merge(trials, left_on="tags.trial_id", right_on="trial_id")
+    assert (merged["metrics.test_acc"] == merged["test_acc"]).all()
+    assert set(merged["run_id"]) == set(trials.mlflow_run_id)
+    assert (children["tags.mlflow.parentRunId"] == parents["run_id"].iloc[0]).all()
+    assert "| vit_ti" in first_out and "2/2" in first_out
+
+    files = {p.name: p.stat().st_mtime_ns for p in (results / "tiny" / "trials").iterdir()}
+    assert main(["run", str(sweep), "--results", str(results)]) == 0
+    second_out = capsys.readouterr().out
+    assert "all 2 trials already have results" in second_out
+    assert {p.name: p.stat().st_mtime_ns for p in (results / "tiny" / "trials").iterdir()} == files
+    assert second_out.split("\n\n")[-1] == first_out.split("\n\n")[-1]  # the same table
+
+    assert main(["run", str(sweep), "--results", str(results), "--fresh"]) == 0
+    assert "2 trials to run (0 already done)" in capsys.readouterr().out
+    assert len(pd.read_parquet(results / "tiny" / "trials")) == 2  # rerun rows replace, not duplicate
+
+
+def test_a_failed_trial_is_retried_from_its_checkpoint(ray_local, tmp_path):
+    marker = tmp_path / "failures.log"
+    sweep = write_sweep(
+        tmp_path, name="flaky", model="flaky_net", model_args={"marker": str(marker), "fail_times": 1, "fail_after": 5},
+        train={"epochs": 3, "batch_size": 32, "lr": 1e-2}, grid={"seed": [0]},
+    )
+    results = tmp_path / "results"
+    assert main(["run", str(sweep), "--results", str(results)]) == 0
+    assert marker.read_text().count("failed") == 1  # it really failed once, in epoch 2
+    row = pd.read_parquet(results / "flaky" / "trials").iloc[0]
+    assert row.status == "ok" and row.attempts == 2 and row.epochs == 3
+    epochs = pd.read_parquet(results / "flaky" / "epochs")
+    assert list(epochs.sort_values("epoch").epoch) == [1, 2, 3]  # epoch 1 came from the checkpoint
+
+
+def test_exhausted_retries_give_a_failed_row_and_exit_1_without_losing_the_rest(ray_local, tmp_path):
+    marker = tmp_path / "failures.log"
+    sweep = write_sweep(
+        tmp_path, name="mixed", model="flaky_net", model_args={"marker": str(marker), "fail_after": 0},
+        train={"epochs": 1, "batch_size": 32}, grid={"model_args.fail_times": [0, 99]},
+    )
+    results = tmp_path / "results"
+    assert main(["run", str(sweep), "--results", str(results)]) == 1
+    trials = pd.read_parquet(results / "mixed" / "trials").set_index("status")
+    assert sorted(trials.index) == ["failed", "ok"]
+    failed = trials.loc["failed"]
+    assert "planned failure" in failed.error and failed.attempts == 2  # max_failures: 1 -> two attempts
+    assert marker.read_text().count("failed") == 2
+
+    children, _ = mlflow_child_runs(results, "mixed")
+    assert sorted(children.status) == ["FAILED", "FINISHED"]
+
+    # Resume reruns only the failed trial (it fails again); the ok one is not touched.
+    assert main(["run", str(sweep), "--results", str(results)]) == 1
+    assert marker.read_text().count("failed") == 4
