@@ -168,21 +168,24 @@ def cmd_results(args: argparse.Namespace) -> int:
             last = latest["finished_at"].max()
             print(f"{name}: {len(ok_trials(trials))} ok, {failed} failed, last finished {last:%Y-%m-%d %H:%M} UTC")
         return EXIT_OK
-    name = _sweep_name(args.sweep)
+    name, trial_ids = _sweep_selection(args.sweep)
     trials = ResultStore(args.results, name).read_trials()
+    if trial_ids is not None:
+        trials = trials[trials["trial_id"].isin(trial_ids)]
     if trials.empty:
         raise BenchInputError(f"{args.sweep}: no results under {args.results}/{name} (bench results ls lists the sweeps)")
     print(comparison_table(trials, args.rows, args.cols, args.metric, args.where, args.format))
     return EXIT_OK
 
 
-def _sweep_name(sweep: str) -> str:
-    """A sweep is named by its name, or by its sweep file."""
+def _sweep_selection(sweep: str) -> tuple[str, set[str] | None]:
+    """A sweep by name (all its stored trials) or by its file (only the trials the file defines)."""
     if sweep.endswith((".yaml", ".yml")):
         from bench.spec import load_sweep
 
-        return load_sweep(sweep).name
-    return sweep
+        loaded = load_sweep(sweep)
+        return loaded.name, {t["trial_id"] for t in loaded.trials}
+    return sweep, None
 
 
 def cmd_models(args: argparse.Namespace) -> int:

@@ -39,6 +39,24 @@ def summarize(
     return summary
 
 
+def mixed_fields(trials: pd.DataFrame, rows: str, cols: str) -> list[str]:
+    """Config fields (other than the seed) that differ between trials averaged into one cell.
+
+    A store can hold several versions of a sweep (say, `--set train.epochs=1` and the
+    full run); a table that silently averaged them would mislead.
+    """
+    df = ok_trials(trials)
+    if df.empty or "config" not in df.columns:
+        return []
+    flat = pd.json_normalize([json.loads(c) for c in df["config"]]).astype(str)
+    flat.index = df.index
+    ignore = {"seed", "trial_id", "sweep", rows, cols}
+    varying: set[str] = set()
+    for _, cell in flat.groupby([df[rows], df[cols]]):
+        varying |= {c for c in cell.columns if c not in ignore and cell[c].nunique() > 1}
+    return sorted(varying)
+
+
 def _label(value) -> str:
     if isinstance(value, float) and value.is_integer() and value > 1:
         return str(int(value))
@@ -69,7 +87,7 @@ def pivot(summary: pd.DataFrame, rows: str, cols: str, metric: str) -> pd.DataFr
     return wide
 
 
-def render(summary: pd.DataFrame, rows: str, cols: str, metric: str, fmt: str = "md") -> str:
+def render(summary: pd.DataFrame, rows: str, cols: str, metric: str, fmt: str = "md", mixed: list[str] = ()) -> str:
     if fmt not in FORMATS:
         raise BenchInputError(f"--format {fmt}: expected one of {', '.join(FORMATS)}")
     if summary.empty:
@@ -81,6 +99,9 @@ def render(summary: pd.DataFrame, rows: str, cols: str, metric: str, fmt: str = 
     wide = pivot(summary, rows, cols, metric)
     n = int(summary["n"].max())
     caption = f"{metric}{' (%)' if metric.endswith('_acc') else ''}, mean ± std over up to {n} trials per cell"
+    if mixed:
+        caption += (f"; WARNING: cells average trials that differ in {', '.join(mixed)}"
+                    " (narrow with --where, or name the sweep file to keep only its trials)")
     if fmt == "latex":
         return wide.to_latex(caption=caption)
     if fmt == "html":
@@ -102,4 +123,6 @@ def comparison_table(
     trials: pd.DataFrame, rows: str = "model", cols: str = "train_size", metric: str = "test_acc",
     where: str | None = None, fmt: str = "md",
 ) -> str:
-    return render(summarize(trials, rows, cols, metric, where), rows, cols, metric, fmt)
+    summary = summarize(trials, rows, cols, metric, where)
+    selected = trials if not where else ok_trials(trials).query(where)
+    return render(summary, rows, cols, metric, fmt, mixed_fields(selected, rows, cols))

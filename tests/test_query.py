@@ -73,3 +73,18 @@ def test_where_filter_and_other_axes():
 def test_errors(kwargs, match):
     with pytest.raises(BenchInputError, match=match):
         comparison_table(DATA, **kwargs)
+
+
+def test_cells_mixing_different_configs_are_flagged():
+    import json
+
+    def config(epochs, seed):
+        return json.dumps({"model": "vit", "train_size": 0.5, "seed": seed, "train": {"epochs": epochs, "lr": 0.1}})
+
+    mixed = trials([
+        {"trial_id": "x0", "model": "vit", "train_size": 0.5, "seed": 0, "test_acc": 0.8, "config": config(1, 0)},
+        {"trial_id": "x1", "model": "vit", "train_size": 0.5, "seed": 1, "test_acc": 0.9, "config": config(100, 1)},
+    ])
+    assert "WARNING: cells average trials that differ in train.epochs" in comparison_table(mixed)
+    same = mixed.assign(config=[config(1, 0), config(1, 1)])
+    assert "WARNING" not in comparison_table(same)  # seeds alone are what a cell averages over
