@@ -1,6 +1,12 @@
-"""The data module: datasets by name, nested stratified subsets, and data kept on the device."""
+"""The data module: datasets by name, nested stratified subsets, and data kept on the device.
 
-from bench.data import spatial  # noqa: F401  (registers the datasets)
+Datasets: `spatial` and `spatial_control` (synthetic, image and patch forms), `cifar10`,
+`cifar100`, `svhn` (torchvision's on-disk layout; see `bench.data.roots` for where they
+are looked for) and `imagefolder` (users' own train/ and test/ class folders).
+"""
+
+# Importing the dataset modules registers them.
+from bench.data import cifar, control, imagefolder, spatial, svhn  # noqa: F401
 from bench.data.loader import DeviceLoader, Normalizer
 from bench.data.registry import (
     Splits,

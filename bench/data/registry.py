@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -24,7 +24,12 @@ class DatasetOptions(BaseModel):
     name: str
 
     #: Options that do not change the data (paths, download flags): left out of trial ids.
-    hash_exclude: tuple[str, ...] = ()
+    #: A class constant, not an option: a sweep file cannot set it.
+    hash_exclude: ClassVar[tuple[str, ...]] = ()
+
+    def hash_extra(self) -> dict[str, Any]:
+        """What identifies the data beyond the hashed options (e.g. a user folder's name); none by default."""
+        return {}
 
 
 @dataclass
@@ -90,7 +95,7 @@ def parse_options(dataset: dict[str, Any]) -> DatasetOptions:
         err = exc.errors()[0]
         loc = ".".join(str(p) for p in err["loc"])
         if err["type"] == "extra_forbidden":
-            allowed = sorted(f for f in entry.options.model_fields if f != "hash_exclude")
+            allowed = sorted(entry.options.model_fields)
             hint = difflib.get_close_matches(loc, allowed, n=1)
             tip = f"; did you mean '{hint[0]}'?" if hint else f" (options of {entry.name}: {', '.join(allowed)})"
             raise BenchInputError(f"{loc}: unknown option of dataset '{entry.name}'{tip}") from None
@@ -99,13 +104,14 @@ def parse_options(dataset: dict[str, Any]) -> DatasetOptions:
 
 def resolve_dataset(dataset: dict[str, Any]) -> dict[str, Any]:
     """The dataset block with every option filled in (what a trial config stores)."""
-    return parse_options(dataset).model_dump(exclude={"hash_exclude"})
+    return parse_options(dataset).model_dump()
 
 
 def dataset_hash_view(resolved: dict[str, Any]) -> dict[str, Any]:
     """The options that identify the data: non-default ones, minus paths and download flags."""
     options = parse_options(resolved)
-    view = options.model_dump(exclude_defaults=True, exclude={"hash_exclude", *options.hash_exclude})
+    view = options.model_dump(exclude_defaults=True, exclude=set(options.hash_exclude))
+    view.update(options.hash_extra())
     view["name"] = options.name
     return view
 

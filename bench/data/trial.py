@@ -1,4 +1,9 @@
-"""What one trial gets from the data module: its subset, on its device, ready to batch."""
+"""What one trial gets from the data module: its subset, on its device, ready to batch.
+
+Real image datasets arrive as uint8 and stay uint8 on the device (the test split too;
+`normalize` turns batches into float32); synthetic data is float. `meta` carries what the
+analyses need from the dataset, e.g. the ground-truth partition of the spatial data.
+"""
 
 from __future__ import annotations
 
@@ -47,7 +52,11 @@ def _cached_splits(key: str, input_kind: str) -> Splits:
 def build_trial_data(
     dataset: dict[str, Any], train_size: float | int, seed: int, device: torch.device | str, input_kind: str = "image"
 ) -> TrialData:
-    """Load (cached per process), take the stratified nested subset for `seed`, move to `device`."""
+    """Load (cached per process), take the stratified nested subset for `seed`, move to `device`.
+
+    `n_train` of the result is the actual subset size (a fraction is rounded), which the
+    trial row records.
+    """
     splits = _cached_splits(json.dumps(dataset, sort_keys=True), input_kind)
     idx = stratified_subset(splits.train_y, train_size, seed)
     device = torch.device(device)
