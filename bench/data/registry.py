@@ -1,8 +1,10 @@
 """The dataset registry: each dataset declares its options (a strict pydantic model) and a loader.
 
 Options are validated when a sweep file is read, so a typo in `dataset:` is an error
-before any trial starts. A loader returns the full train/test splits on the CPU; the
-trial-side code (`bench.data.trial`) subsets them and moves them to the device.
+before any trial starts, and a dataset's `check` (run by `check_available` in bench run's
+preflight) fails fast on data that is missing from disk. A loader returns the full
+train/test splits on the CPU; the trial-side code (`bench.data.trial`) subsets them and
+moves them to the device.
 """
 
 from __future__ import annotations

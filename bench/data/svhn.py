@@ -4,7 +4,8 @@
 (32, 32, 3, N), 'y' (N, 1) with 10 standing for the digit 0), read with scipy as
 torchvision does; torchvision itself only downloads (verifying the checksum), because its
 SVHN class re-checks hard-coded MD5 sums on every load. The 'extra' split is not used.
-Normalisation constants are the per-channel mean and std of the training set.
+Normalisation constants are the per-channel mean and std of the training set. With
+`download: true` a missing file is fetched by `check` (bench run's preflight) or at load.
 """
 
 from __future__ import annotations
