@@ -33,6 +33,7 @@ import torch  # noqa: E402
 from ray import tune  # noqa: E402
 
 from bench import data as data_registry  # noqa: E402
+from bench.errors import DataUnavailable  # noqa: E402
 from bench.spec import Sweep  # noqa: E402
 from bench.store import ResultStore, now_utc, trial_row  # noqa: E402
 from bench.tracking import Tracker, check_reachable, resolve_tracking  # noqa: E402
@@ -184,14 +185,17 @@ def pending_trials(sweep: Sweep, store: ResultStore, fresh: bool) -> list[dict[s
     return [t for t in sweep.trials if t["trial_id"] not in done]
 
 
-def preflight(trials: list[dict[str, Any]]) -> None:
+def preflight(trials: list[dict[str, Any]], source: str | None = None) -> None:
     """Bad input must fail before anything is written: check every dataset is on disk (or may be fetched)."""
     seen = set()
     for trial in trials:
         key = json.dumps(trial["dataset"], sort_keys=True)
         if key not in seen:
             seen.add(key)
-            data_registry.check_available(trial["dataset"])
+            try:
+                data_registry.check_available(trial["dataset"])
+            except DataUnavailable as exc:
+                raise DataUnavailable(f"{source or 'sweep'}: dataset: {exc}") from None
 
 
 def connect_ray(address: str | None) -> bool:
@@ -225,7 +229,7 @@ def run_sweep(
         print(f"{sweep.name}: all {len(sweep.trials)} trials already have results (use --fresh to rerun)",
               file=out or sys.stdout)
         return SweepOutcome(len(sweep.trials), skipped, 0, 0)
-    preflight(pending)
+    preflight(pending, sweep.source_path)
     uri, artifact_location = resolve_tracking(results_dir, mlflow_uri)
     check_reachable(uri)
 

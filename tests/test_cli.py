@@ -85,3 +85,11 @@ def test_trial_runs_one_trial_without_ray(tmp_path):
     proc = run_cli("trial", write(tmp_path, yaml.safe_dump(sweep)), "--device", "cpu")
     assert proc.returncode == 0, proc.stderr
     assert '"test_acc"' in proc.stdout and '"n_train": 128' in proc.stdout
+
+
+def test_missing_dataset_exits_2_naming_the_expected_path(tmp_path):
+    results = tmp_path / "results"
+    sweep = write(tmp_path, f"name: c10\nmodel: resnet18\ndataset: {{name: cifar10, root: {tmp_path}/data}}\n")
+    proc = run_cli("run", sweep, "--results", str(results))
+    assert_bad_input(proc, "sweep.yaml: dataset:", f"{tmp_path}/data/cifar-10-batches-py", "download: true")
+    assert not results.exists()
