@@ -47,9 +47,12 @@ def build_model(config: dict[str, Any], data: TrialData) -> nn.Module:
 
 
 def make_optimizer(model: nn.Module, train: dict[str, Any]) -> torch.optim.Optimizer:
-    """Weight decay on weight matrices and kernels only, not on biases, norms or embeddings' gains."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    """Weight decay on weight matrices and kernels only: not on biases and norms, nor on what
+    the model lists in `no_weight_decay()` (position embeddings, CLS token, bias tables), as timm does."""
+    skip = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    decay = [p for n, p in named if p.ndim >= 2 and n not in skip]
+    no_decay = [p for n, p in named if p.ndim < 2 or n in skip]
     groups = [
         {"params": decay, "weight_decay": train["weight_decay"]},
         {"params": no_decay, "weight_decay": 0.0},

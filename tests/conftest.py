@@ -79,3 +79,18 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
     """The installed `bench` command in a subprocess, as a user runs it."""
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([BENCH, *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def mlflow_runs(uri: str, experiment: str) -> tuple[list, list]:
+    """(child runs, parent runs) of an experiment, read with an explicit client.
+
+    Never `mlflow.set_tracking_uri` in tests: it also exports MLFLOW_TRACKING_URI, which
+    would send every later sweep in this process to that store.
+    """
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    found = client.get_experiment_by_name(experiment)
+    assert found is not None, f"no MLflow experiment {experiment!r} at {uri}"
+    runs = client.search_runs([found.experiment_id])
+    return [r for r in runs if "trial_id" in r.data.tags], [r for r in runs if "trial_id" not in r.data.tags]

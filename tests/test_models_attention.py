@@ -198,7 +198,8 @@ def test_swin_window_attention_matches_dense_reference(grid: int, window: int, s
     # Token coordinates in the shifted frame decide windows and regions; offsets index the table.
     c = (coords(grid) - s) % grid
     same_window = ((c[:, None] // w) == (c[None] // w)).all(-1)
-    region = torch.stack([torch.bucketize(c[:, i].contiguous(), torch.tensor([grid - w, grid - s]), right=True) for i in (0, 1)], -1)
+    cuts = torch.tensor([grid - w, grid - s])  # Swin's three regions per axis: [0, g-w), [g-w, g-s), [g-s, g)
+    region = torch.stack([torch.bucketize(c[:, i].contiguous(), cuts, right=True) for i in (0, 1)], -1)
     same_region = (region[:, None] == region[None]).all(-1) if s else torch.ones_like(same_window)
     rel = (c[:, None] - c[None] + (w - 1)).clamp(0, 2 * w - 2)  # clamped pairs are masked below
     bias = layer.rel_bias[rel[..., 0] * (2 * w - 1) + rel[..., 1]].permute(2, 0, 1)

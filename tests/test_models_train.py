@@ -14,7 +14,7 @@ from bench.models import count_flops, count_params, create_model, list_models, m
 from bench.train import build_model
 
 SPATIAL = resolve_dataset({"name": "spatial"})  # 4 x 4 grid of 4 x 4 x 3 patches: 16-px images, or 16 x 48 patches
-IMAGE_MODELS = [n for n in list_models() if model_entry(n).input_kind == "image"]
+IMAGE_MODELS = sorted(n for n in list_models() if model_entry(n).input_kind == "image" and model_entry(n).family != "test")
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +45,10 @@ def test_image_models_learn_the_spatial_data(name: str, image_data) -> None:
     torch.manual_seed(0)
     model = build_model({"model": name, "model_args": {}}, image_data)
     assert model.input_kind == "image"
-    x, y = image_data.normalize(image_data.train_x[:16]), image_data.train_y[:16]
-    losses = fit(model, x, y, 6, torch.optim.AdamW(model.parameters(), lr=1e-3))
+    idx = torch.cat([torch.nonzero(image_data.train_y == c)[:4, 0] for c in (0, 1)])  # 4 + 4 images
+    x, y = image_data.normalize(image_data.train_x[idx]), image_data.train_y[idx]
+    # Small-step SGD: no warmup needed, so deep transformers descend from their first step too.
+    losses = fit(model, x, y, 6, torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9))
     assert all(math.isfinite(v) for v in losses)
     assert losses[-1] < losses[0], losses
 
@@ -89,13 +91,14 @@ def test_pa_theory_init_and_readouts() -> None:
 @pytest.mark.parametrize("impl", ["fused", "math"])
 def test_pa_theory_learns_by_gradient_descent_with_its_diagonal_fixed(patch_data, impl: str) -> None:
     torch.manual_seed(0)
-    model = build_model({"model": "pa_theory", "model_args": {"v_init_std": 0.1}}, patch_data)
+    model = build_model({"model": "pa_theory", "model_args": {}}, patch_data)
     set_attention_impl(model, impl)
-    diagonal = model.positional_scores().diagonal().clone()
+    before = model.positional_scores()
     x, y = patch_data.normalize(patch_data.train_x), patch_data.train_y
-    losses = fit(model, x, y, 30, torch.optim.SGD(model.parameters(), lr=0.02))
+    losses = fit(model, x, y, 20, torch.optim.SGD(model.parameters(), lr=0.01))  # plain gradient descent
     assert all(math.isfinite(v) for v in losses)
-    assert losses[-1] < 0.9 * losses[0], losses
+    assert losses[-1] < 0.5 * losses[0], losses
     after = model.positional_scores()
-    assert torch.equal(after.diagonal(), diagonal)
-    assert not torch.allclose(after, model.positional_scores().diagonal().diag() + 0.0)  # off-diagonal logits moved
+    off_diagonal = ~torch.eye(len(after), dtype=torch.bool)
+    assert torch.equal(after.diagonal(), before.diagonal())  # held fixed
+    assert not torch.equal(after[off_diagonal], before[off_diagonal])  # trained

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import mlflow
 import pandas as pd
 import pytest
 
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, mlflow_runs, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -29,11 +28,10 @@ def test_quickstart_runs_to_its_table_and_a_second_run_trains_nothing(tmp_path):
     trials = pd.read_parquet(results / "quickstart" / "trials")
     assert len(trials) == 12 and set(trials.status) == {"ok"}
     assert set(trials.n_train) == {256, 1024}
-    mlflow.set_tracking_uri(f"sqlite:///{results}/mlflow.db")
-    runs = mlflow.search_runs(experiment_names=["quickstart"])
-    children = runs[runs["tags.trial_id"].notna()].set_index("tags.trial_id")
+    children, _ = mlflow_runs(f"sqlite:///{results}/mlflow.db", "quickstart")
     assert len(children) == 12
-    assert (children.loc[trials.trial_id, "metrics.test_acc"].to_numpy() == trials.test_acc.to_numpy()).all()
+    acc = dict(zip(trials.trial_id, trials.test_acc))
+    assert all(run.data.metrics["test_acc"] == acc[run.data.tags["trial_id"]] for run in children)
 
     second = run_cli(*args, cwd=tmp_path, env={"RAY_ADDRESS": ""})
     assert second.returncode == 0, second.stderr[-3000:]

@@ -9,6 +9,8 @@ import yaml
 from bench.cli import main
 from bench.store import TRIALS_SCHEMA
 
+from tests.conftest import mlflow_runs
+
 pytestmark = pytest.mark.slow
 
 TINY = {
@@ -29,14 +31,6 @@ def write_sweep(tmp_path, **fields):
     return path
 
 
-def mlflow_child_runs(results, experiment):
-    import mlflow
-
-    mlflow.set_tracking_uri(f"sqlite:///{results}/mlflow.db")
-    runs = mlflow.search_runs(experiment_names=[experiment])
-    return runs[runs["tags.trial_id"].notna()], runs[runs["tags.trial_id"].isna()]
-
-
 def test_two_trial_sweep_writes_parquet_and_mlflow_then_resumes(ray_local, tmp_path, capsys):
     sweep, results = write_sweep(tmp_path), tmp_path / "results"
     assert main(["run", str(sweep), "--results", str(results)]) == 0
@@ -50,12 +44,13 @@ def test_two_trial_sweep_writes_parquet_and_mlflow_then_resumes(ray_local, tmp_p
     epochs = pd.read_parquet(results / "tiny" / "epochs")
     assert len(epochs) == 4 and set(epochs.trial_id) == set(trials.trial_id)
 
-    children, parents = mlflow_child_runs(results, "tiny")
+    children, parents = mlflow_runs(f"sqlite:///{results}/mlflow.db", "tiny")
     assert len(children) == 2 and len(parents) == 1
-    merged = children.merge(trials, left_on="tags.trial_id", right_on="trial_id")
-    assert (merged["metrics.test_acc"] == merged["test_acc"]).all()
-    assert set(merged["run_id"]) == set(trials.mlflow_run_id)
-    assert (children["tags.mlflow.parentRunId"] == parents["run_id"].iloc[0]).all()
+    by_id = trials.set_index("trial_id")
+    for run in children:
+        row = by_id.loc[run.data.tags["trial_id"]]
+        assert run.data.metrics["test_acc"] == row.test_acc and run.info.run_id == row.mlflow_run_id
+        assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
     assert "| vit_ti" in first_out and "2/2" in first_out
 
     files = {p.name: p.stat().st_mtime_ns for p in (results / "tiny" / "trials").iterdir()}
@@ -99,8 +94,8 @@ def test_exhausted_retries_give_a_failed_row_and_exit_1_without_losing_the_rest(
     assert "planned failure" in failed.error and failed.attempts == 2  # max_failures: 1 -> two attempts
     assert marker.read_text().count("failed") == 2
 
-    children, _ = mlflow_child_runs(results, "mixed")
-    assert sorted(children.status) == ["FAILED", "FINISHED"]
+    children, _ = mlflow_runs(f"sqlite:///{results}/mlflow.db", "mixed")
+    assert sorted(run.info.status for run in children) == ["FAILED", "FINISHED"]
 
     # Resume reruns only the failed trial (it fails again); the ok one is not touched.
     assert main(["run", str(sweep), "--results", str(results)]) == 1

@@ -1,6 +1,7 @@
 """The model zoo: `create_model(name, num_classes, img_size=32, in_chans=3, **model_args)`."""
 
-from bench.models import alternet, convit, mixer, pa_theory, pit, preact, resnet, swin, vit  # noqa: F401  (registers the models)
+# Importing the architecture modules registers their models.
+from bench.models import alternet, convit, mixer, pa_theory, pit, preact, resnet, swin, vit  # noqa: F401
 from bench.models.base import AttentionModel, BenchModel
 from bench.models.layers import set_attention_impl
 from bench.models.measure import count_flops, count_params

@@ -19,6 +19,9 @@ from bench.models.layers import AttentionLayer
 #: Values of the `kind` attribute of the modules `blocks()` lists.
 BLOCK_KINDS = ("stem", "conv", "msa", "mlp", "token_mix", "downsample")
 
+#: Parameter names (last component) that timm keeps out of weight decay: embeddings and bias tables.
+NO_WEIGHT_DECAY = frozenset({"pos_embed", "cls_token", "rel_bias", "pos"})
+
 
 class BenchModel(nn.Module, ABC):
     """Base class: `forward = forward_head(forward_features(x))`."""
@@ -49,6 +52,10 @@ class BenchModel(nn.Module, ABC):
         units (`...msa`, `...mlp`), as Park & Kim analyse them.
         """
 
+    def no_weight_decay(self) -> set[str]:
+        """Names of parameters to keep out of weight decay besides biases and norms (as timm does)."""
+        return {n for n, _ in self.named_parameters() if n.rsplit(".", 1)[-1] in NO_WEIGHT_DECAY}
+
     def feature_map(self, output: torch.Tensor) -> torch.Tensor | None:
         """A block output as a (B, C, h, w) map for spatial analyses (Fourier, variance).
 
@@ -71,6 +78,12 @@ class AttentionModel(BenchModel, ABC):
 
     def attention_layers(self) -> list[AttentionLayer]:
         return [m for m in self.modules() if isinstance(m, AttentionLayer)]
+
+    def attention_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        """What transfer's `freeze_attention` freezes: here every parameter of the attention
+        layers; positional-attention models narrow it to what shapes their maps."""
+        inside = {id(p) for layer in self.attention_layers() for p in layer.parameters()}
+        return [(n, p) for n, p in self.named_parameters() if id(p) in inside]
 
     @torch.no_grad()
     def attention_maps(self, x: torch.Tensor) -> list[torch.Tensor]:

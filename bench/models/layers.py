@@ -135,7 +135,8 @@ class PositionalAttention(AttentionLayer):
 
 class Mlp(nn.Sequential):
     def __init__(self, dim: int, hidden: int, drop: float = 0.0, out_dim: int | None = None):
-        super().__init__(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(drop), nn.Linear(hidden, out_dim or dim), nn.Dropout(drop))
+        super().__init__(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(drop), nn.Linear(hidden, out_dim or dim),
+                         nn.Dropout(drop))
 
 
 class DropPath(nn.Module):

@@ -122,7 +122,10 @@ def pa_theory(
     offdiag_init: float = 0.0,
     v_init_std: float = 0.01,
 ) -> PaTheory:
-    """Jelassi et al.'s theory model; img_size = D patches, in_chans = d (defaults: the spatial data's 4x4 grid of 4x4x3 patches)."""
+    """Jelassi et al.'s theory model; img_size = D patches, in_chans = d.
+
+    The defaults (D = 16, d = 48) are the spatial dataset's default: a 4x4 grid of 4x4x3 patches.
+    """
     if num_classes != 2:
         raise ValueError(f"pa_theory is a binary classifier (2 logits [-F/2, F/2]), got num_classes={num_classes}")
     return PaTheory(img_size, in_chans, activation, diag_logit, offdiag_init, v_init_std)

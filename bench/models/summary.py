@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from bench.errors import BenchInputError
@@ -12,7 +13,8 @@ from bench.models.registry import create_model, list_models, model_entry
 def describe_models(pattern: str = "*", img_size: int = 32, num_classes: int = 100) -> list[dict[str, Any]]:
     """One dict per model matching `pattern`: name, family, paper, params, GFLOPs at img_size, note.
 
-    Image models are built with their defaults at `img_size`; where an architecture
+    Image models are built with their defaults at `img_size` (the note names the stem of
+    models that have one: CIFAR by default, whatever the size); where an architecture
     cannot take that size, params and gflops are None and `note` says why. Patch models
     (sized by their data, not by an image size) are listed with None and a note.
     """
@@ -31,6 +33,8 @@ def describe_models(pattern: str = "*", img_size: int = 32, num_classes: int = 1
             else:
                 row["params"] = count_params(model)
                 row["gflops"] = count_flops(model, (3, img_size, img_size)) / 1e9
+                if "stem" in entry.arg_names:  # say which stem the numbers are for
+                    row["note"] = f"stem={inspect.signature(entry.builder).parameters['stem'].default}"
         rows.append(row)
     return rows
 

@@ -138,6 +138,14 @@ class VisionTransformer(AttentionModel):
             named += block.units(f"blocks.{i}")
         return named
 
+    def attention_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        """Positional attention: P and every W_Q, W_K (the learned maps, Jelassi et al.'s A);
+        values and projections stay trainable, as v does in the theory model."""
+        if not self.positional:
+            return super().attention_parameters()
+        return [(n, p) for n, p in self.named_parameters()
+                if n == "stem.pos_embed" or ".attn.qk." in n or n.endswith(".attn.pos")]
+
     def positional_scores(self) -> torch.Tensor:
         """(tokens, tokens) cosine similarities of the positional encodings (Jelassi et al.'s P^T P maps)."""
         pos = self.stem.pos_embed[0] if self.stem.pos_embed is not None else self.blocks_[0].msa.attn.pos
