@@ -16,7 +16,7 @@ import itertools
 import json
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -113,7 +113,6 @@ class Sweep:
     resources: ResourcesSpec
     trials: list[dict[str, Any]]
     source_path: str | None = None
-    raw: dict[str, Any] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------- loading
@@ -158,7 +157,6 @@ def parse_sweep(raw: Any, source: str = "<sweep>", overrides: list[str] | None =
         resources=top.resources,
         trials=trials,
         source_path=source,
-        raw=raw,
     )
 
 

@@ -10,6 +10,7 @@ loses a finished trial.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -276,6 +277,8 @@ def run_sweep(
     finally:
         tracker.end_sweep(progress.ok, progress.failed)
         shutil.rmtree(tune_root / launch, ignore_errors=True)  # checkpoints are for retries, not results
+        with contextlib.suppress(OSError):
+            tune_root.rmdir()  # only if no other launch is using it
         if started_ray:
             ray.shutdown()
     return SweepOutcome(len(sweep.trials), skipped, progress.ok, progress.failed)

@@ -41,6 +41,7 @@ def test_two_trial_sweep_writes_parquet_and_mlflow_then_resumes(ray_local, tmp_p
     assert set(TRIALS_SCHEMA.names) <= set(trials.columns)
     assert set(trials.seed) == {0, 1} and set(trials.n_train) == {128} and set(trials.epochs) == {2}
     assert trials.test_acc.between(0, 1).all() and (trials.flops > 0).all()
+    assert not (results / "tiny" / ".tune").exists()  # retry checkpoints are removed once the launch ends
     epochs = pd.read_parquet(results / "tiny" / "epochs")
     assert len(epochs) == 4 and set(epochs.trial_id) == set(trials.trial_id)
 
