@@ -28,9 +28,8 @@ from bench.models import windows
 from bench.models.base import AttentionModel
 from bench.models.layers import AttentionLayer, DropPath
 from bench.models.preact import PreActBottleneck, PreActResNet
-from bench.models.registry import register_model
+from bench.models.registry import PAPER_PARK, register_model
 
-PAPER_PARK = "Park & Kim 2022"
 
 
 class WindowAttention2d(AttentionLayer):

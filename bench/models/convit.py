@@ -24,10 +24,9 @@ from torch import nn
 
 from bench.models.base import AttentionModel
 from bench.models.layers import AttentionLayer, Block, drop_path_rates, init_transformer_weights
-from bench.models.registry import register_model
+from bench.models.registry import PAPER_PARK, register_model
 from bench.models.vit import TokenStem, default_patch_size
 
-PAPER_PARK = "Park & Kim 2022"
 
 
 def neighbourhood(grid: int, kernel_size: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -15,10 +15,9 @@ from torch import nn
 
 from bench.models.base import BenchModel
 from bench.models.layers import DropPath, Mlp, MlpUnit, drop_path_rates, init_transformer_weights
-from bench.models.registry import register_model
+from bench.models.registry import PAPER_PARK, register_model
 from bench.models.vit import TokenStem, default_patch_size
 
-PAPER_PARK = "Park & Kim 2022"
 
 
 class TokenMixUnit(nn.Module):

@@ -24,9 +24,8 @@ from torch import nn
 
 from bench.models.base import AttentionModel
 from bench.models.layers import AttentionLayer
-from bench.models.registry import register_model
+from bench.models.registry import PAPER_JELASSI, register_model
 
-PAPER_JELASSI = "Jelassi et al. 2022"
 
 ACTIVATIONS = {
     "cubic": lambda z: z**3,

@@ -20,9 +20,9 @@ from torch import nn
 
 from bench.models.base import AttentionModel
 from bench.models.layers import Attention, Block, drop_path_rates, init_transformer_weights
-from bench.models.registry import register_model
+from bench.models.registry import PAPER_PARK, register_model
+from bench.models.vit import default_patch_size
 
-PAPER_PARK = "Park & Kim 2022"
 
 
 class ConvTokenStem(nn.Module):
@@ -62,15 +62,6 @@ class TokenPooling(nn.Module):
         b, _, c = tokens.shape
         tokens = self.conv(tokens.transpose(1, 2).reshape(b, c, self.grid, self.grid)).flatten(2).transpose(1, 2)
         return torch.cat([self.fc(cls), tokens], dim=1)
-
-
-def default_patch_size(img_size: int) -> int:
-    """2 up to 32 px, 4 up to 64 px, 16 above; the stride defaults to half the patch (PiT's 16/8)."""
-    if img_size <= 32:
-        return 2
-    if img_size <= 64:
-        return 4
-    return 16
 
 
 class PiT(AttentionModel):

@@ -15,6 +15,10 @@ from torch import nn
 
 from bench.errors import BenchInputError
 
+# The papers a model reproduces, as `bench models` shows them.
+PAPER_PARK = "Park & Kim 2022"
+PAPER_JELASSI = "Jelassi et al. 2022"
+
 # Arguments every builder takes from the data, not from model_args.
 DATA_ARGS = ("num_classes", "img_size", "in_chans")
 

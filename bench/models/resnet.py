@@ -13,9 +13,8 @@ from torch import nn
 
 from bench.models.base import BenchModel
 from bench.models.layers import DropPath, drop_path_rates
-from bench.models.registry import register_model
+from bench.models.registry import PAPER_PARK, register_model
 
-PAPER_PARK = "Park & Kim 2022"
 
 
 class BasicBlock(nn.Module):

@@ -23,9 +23,8 @@ from torch import nn
 from bench.models import windows
 from bench.models.base import AttentionModel
 from bench.models.layers import AttentionLayer, Block, drop_path_rates, init_transformer_weights
-from bench.models.registry import register_model
+from bench.models.registry import PAPER_PARK, register_model
 
-PAPER_PARK = "Park & Kim 2022"
 
 
 class PatchEmbed(nn.Module):

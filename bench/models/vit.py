@@ -26,10 +26,8 @@ from torch import nn
 
 from bench.models.base import AttentionModel
 from bench.models.layers import Attention, Block, PositionalAttention, drop_path_rates, init_transformer_weights
-from bench.models.registry import register_model
+from bench.models.registry import PAPER_JELASSI, PAPER_PARK, register_model
 
-PAPER_PARK = "Park & Kim 2022"
-PAPER_JELASSI = "Jelassi et al. 2022"
 
 
 def default_patch_size(img_size: int) -> int:
