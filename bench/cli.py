@@ -41,6 +41,31 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("sweep")
     _set_flag(validate)
 
+    submit = sub.add_parser("submit", help="send a sweep to a Ray cluster through the Ray Jobs API")
+    submit.add_argument("sweep", help="sweep file (YAML)")
+    submit.add_argument("--address", help="the cluster's Jobs API, e.g. http://HEAD:8265 (default: RAY_API_SERVER_ADDRESS)")
+    submit.add_argument("--results", help="result store as the cluster sees it: a shared folder or s3://, gs:// "
+                                          "(default: the cluster's $BENCH_RESULTS)")
+    submit.add_argument("--mlflow-uri", help="MLflow tracking server as the cluster sees it (default: the cluster's "
+                                             "MLFLOW_TRACKING_URI)")
+    submit.add_argument("--max-concurrent", type=int, help="at most N trials at once")
+    _set_flag(submit)
+    submit.add_argument("--fresh", action="store_true", help="rerun every trial, even those with results")
+    submit.add_argument("--wait", action="store_true", help="stream the job's logs and exit with its exit code")
+    submit.add_argument("--no-ship-code", dest="ship_code", action="store_false",
+                        help="run the cluster image's bench instead of shipping this checkout's bench package")
+
+    k8s = sub.add_parser("k8s", help="Kubernetes (KubeRay) manifests")
+    ksub = k8s.add_subparsers(dest="k8s_command", required=True, parser_class=_Parser, metavar="SUBCOMMAND")
+    render = ksub.add_parser("render", help="print a RayJob (and a ConfigMap with the sweep file) for a sweep")
+    render.add_argument("sweep", help="sweep file (YAML)")
+    render.add_argument("--image", required=True, help="the worker image built from k8s/Dockerfile")
+    render.add_argument("--gpus", type=int, default=1, help="GPUs per worker pod (default 1; 0 for CPU workers)")
+    render.add_argument("--workers", default="0:4", help="MIN:MAX worker pods for the autoscaler (default 0:4)")
+    render.add_argument("--worker-cpus", type=int, default=8, help="CPUs per worker pod (default 8)")
+    render.add_argument("--worker-memory", default="32Gi", help="memory per worker pod (default 32Gi)")
+    render.add_argument("--namespace", default="bench", help="namespace of k8s/ (default bench)")
+
     trial = sub.add_parser("trial", help="run one trial of a sweep in this process, without Ray (for debugging)")
     trial.add_argument("sweep")
     which = trial.add_mutually_exclusive_group()
@@ -59,8 +84,25 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("--rows", default="model")
     table.add_argument("--cols", default="train_size")
     table.add_argument("--metric", default="test_acc")
-    table.add_argument("--where", help="pandas query, e.g. \"dataset == 'cifar10'\"")
+    table.add_argument("--where", help="pandas condition on trial columns or `config.paths`, e.g. \"dataset == 'cifar10'\"")
     table.add_argument("--format", default="md", choices=("md", "csv", "latex", "html", "json"))
+    table.add_argument("--vs-reference", action="store_true",
+                       help="add the papers' published number (results/reference) and the difference per cell")
+    from bench.sql import VIEW_HELP
+
+    sql = rsub.add_parser("sql", help="SQL (DuckDB) over the Parquet store", description=f"DuckDB over the store. {VIEW_HELP}.")
+    sql.add_argument("query", help="one SQL statement, e.g. \"SELECT model, avg(test_acc) FROM trials GROUP BY model\"")
+    _results_flag(sql)
+    sql.add_argument("--sweep", help="views over this sweep only (default: every sweep, see the sweep column)")
+    sql.add_argument("--format", default="md", choices=("md", "csv", "json", "html"))
+    compact = rsub.add_parser("compact", help="merge a sweep's per-trial files into one part file (safe while it runs)")
+    compact.add_argument("sweep", help="sweep name")
+    _results_flag(compact)
+
+    report = sub.add_parser("report", help="one HTML page (+ Markdown): tables, figures, sweep, environment, paper numbers")
+    report.add_argument("sweep", help="sweep name (or its sweep file)")
+    _results_flag(report)
+    report.add_argument("--out", help="output folder (default <results>/<sweep>/report)")
 
     models = sub.add_parser("models", help="the model registry with params and FLOPs")
     models.add_argument("--img-size", type=int, default=32)
@@ -102,8 +144,13 @@ def cmd_run(args: argparse.Namespace) -> int:
                         max_concurrent=args.max_concurrent, fresh=args.fresh)
     trials = ResultStore(args.results, sweep.name).read_trials()
     ids = {t["trial_id"] for t in sweep.trials}
-    print()
-    print(comparison_table(trials[trials["trial_id"].isin(ids)]))
+    trials = trials[trials["trial_id"].isin(ids)]
+    for stage in sweep.stages:  # one table per stage; a transfer stage compares its modes
+        if len(sweep.stages) > 1:
+            print(f"\nstage {stage}" + (f" (from {sweep.sources[stage]})" if stage in sweep.sources else ""))
+        rows = "transfer" if stage in sweep.sources else "model"
+        print()
+        print(comparison_table(trials[trials["stage"] == stage], rows=rows))
     if outcome.failed:
         print(f"\n{outcome.failed} of {outcome.total} trials failed; see the 'error' column "
               f"(bench results table {sweep.name} --metric ... or pandas)", file=sys.stderr)
@@ -118,7 +165,9 @@ def _dry_run(sweep, args: argparse.Namespace) -> int:
     pending = {t["trial_id"] for t in pending_trials(sweep, ResultStore(args.results, sweep.name), args.fresh)}
     for t in sweep.trials:
         state = "run " if t["trial_id"] in pending else "done"
-        print(f"{state} {t['trial_id']} {t['model']} {t['dataset']['name']} train_size={t['train_size']} seed={t['seed']}")
+        stage = f" stage={t['stage']} transfer={t['transfer']} source={t['source']}" if t["source"] else ""
+        print(f"{state} {t['trial_id']} {t['model']} {t['dataset']['name']} train_size={t['train_size']} "
+              f"seed={t['seed']}{stage}")
     print(f"{sweep.name}: {len(sweep.trials)} trials, {len(pending)} to run")
     return EXIT_OK
 
@@ -157,6 +206,18 @@ def cmd_results(args: argparse.Namespace) -> int:
     from bench.query import comparison_table, ok_trials
     from bench.store import ResultStore, list_sweeps
 
+    if args.results_command == "sql":
+        from bench.sql import query, render
+
+        print(render(query(args.query, args.results, args.sweep), args.format))
+        return EXIT_OK
+    if args.results_command == "compact":
+        from bench.compact import compact_sweep
+
+        for r in compact_sweep(args.results, args.sweep):
+            kept = f", {r.kept_newer} newer files kept" if r.kept_newer else ""
+            print(f"{args.sweep}/{r.table}: {r.merged_files} files merged into {r.part or '(nothing to do)'}, {r.rows} rows{kept}")
+        return EXIT_OK
     if args.results_command == "ls":
         names = list_sweeps(args.results)
         if not names:
@@ -174,7 +235,18 @@ def cmd_results(args: argparse.Namespace) -> int:
         trials = trials[trials["trial_id"].isin(trial_ids)]
     if trials.empty:
         raise BenchInputError(f"{args.sweep}: no results under {args.results}/{name} (bench results ls lists the sweeps)")
-    print(comparison_table(trials, args.rows, args.cols, args.metric, args.where, args.format))
+    print(comparison_table(trials, args.rows, args.cols, args.metric, args.where, args.format,
+                           vs_reference=args.vs_reference, sweep=name))
+    return EXIT_OK
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from bench.report import write_report
+
+    name, trial_ids = _sweep_selection(args.sweep)
+    html, md = write_report(name, args.results, args.out, sweep_file=args.sweep if trial_ids is not None else None,
+                            trial_ids=trial_ids)
+    print(f"wrote {html}\nwrote {md}")
     return EXIT_OK
 
 
@@ -198,6 +270,23 @@ def cmd_models(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_submit(args: argparse.Namespace) -> int:
+    from bench.submit import submit
+
+    return submit(args.sweep, args.address, results=args.results, mlflow_uri=args.mlflow_uri,
+                  max_concurrent=args.max_concurrent, overrides=args.overrides, fresh=args.fresh,
+                  wait=args.wait, ship_code=args.ship_code)
+
+
+def cmd_k8s(args: argparse.Namespace) -> int:
+    from bench.k8s import parse_workers, render_rayjob
+
+    print(render_rayjob(args.sweep, args.image, gpus=args.gpus, workers=parse_workers(args.workers),
+                        namespace=args.namespace, worker_cpus=args.worker_cpus, worker_memory=args.worker_memory),
+          end="")
+    return EXIT_OK
+
+
 def cmd_perf(args: argparse.Namespace) -> int:
     from bench.perf import run_perf
 
@@ -206,7 +295,7 @@ def cmd_perf(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "run": cmd_run, "validate": cmd_validate, "trial": cmd_trial, "results": cmd_results,
-    "models": cmd_models, "perf": cmd_perf,
+    "models": cmd_models, "perf": cmd_perf, "report": cmd_report, "submit": cmd_submit, "k8s": cmd_k8s,
 }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pandas as pd
 
@@ -24,19 +25,52 @@ def summarize(
     trials: pd.DataFrame, rows: str = "model", cols: str = "train_size", metric: str = "test_acc", where: str | None = None
 ) -> pd.DataFrame:
     """Long table: one line per (rows, cols) cell with mean, std and n over the trials in it (seeds)."""
-    df = ok_trials(trials)
+    df = with_config_columns(ok_trials(trials), [rows, cols, metric], where)
     for name, column in (("--rows", rows), ("--cols", cols), ("--metric", metric)):
         if column not in df.columns:
             raise BenchInputError(f"{name} {column}: no such column (columns: {', '.join(map(str, df.columns))})")
-    if where:
-        try:
-            df = df.query(where)
-        except Exception as exc:  # pandas raises many types for a bad expression
-            raise BenchInputError(f"--where {where!r}: not a valid filter ({exc})") from None
-    grouped = df.groupby([rows, cols], sort=True)[metric]
+    df = filter_trials(df, where)
+    grouped = df.groupby([rows, cols], sort=True, dropna=False)[metric]
     summary = grouped.agg(["mean", "std", "count"]).reset_index().rename(columns={"count": "n"})
     summary["std"] = summary["std"].fillna(0.0)
     return summary
+
+
+CONFIG_ROOTS = ("dataset", "model_args", "train", "tune", "analysis", "resources")
+
+
+def with_config_columns(df: pd.DataFrame, names: list[str], where: str | None = None) -> pd.DataFrame:
+    """`df` plus the config fields that `names` or `where` refer to by dotted path (`train.lr`).
+
+    Lets a table group or filter by any trial field, e.g. `--cols dataset.shuffle_grid`
+    or `--where "`train.epochs` == 300"`; only parses the configs when one is named.
+    """
+    wanted = {n for n in names if n not in df.columns and "." in n}
+    if where:
+        wanted |= {quoted or bare for quoted, bare in re.findall(r"`([^`]+)`|\b([A-Za-z_]\w*(?:\.\w+)+)", where)}
+        wanted = {w for w in wanted if w not in df.columns and w.split(".")[0] in CONFIG_ROOTS}
+    if not wanted or df.empty or "config" not in df.columns:
+        return df
+    from bench.reference import flatten
+
+    flat = pd.DataFrame([flatten(json.loads(c)) if isinstance(c, str) else {} for c in df["config"]], index=df.index)
+    extra = {w: flat[w] if w in flat.columns else None for w in wanted}
+    return df.assign(**extra)
+
+
+def filter_trials(df: pd.DataFrame, where: str | None) -> pd.DataFrame:
+    """Rows for which the pandas expression `where` is true; anything but a true/false filter is bad input."""
+    if not where:
+        return df
+    expr = re.sub(r"(?<![`\w.])([A-Za-z_]\w*(?:\.\w+)+)", lambda m: f"`{m.group(1)}`" if m.group(1) in df.columns else m.group(1), where)
+    try:
+        mask = df.eval(expr)
+    except Exception as exc:  # pandas raises many types for a bad expression
+        raise BenchInputError(f"--where {where!r}: not a valid filter ({exc})") from None
+    if not isinstance(mask, pd.Series) or mask.dtype != bool or len(mask) != len(df):
+        raise BenchInputError(f"--where {where!r}: expected a true/false condition on each trial, "
+                              "e.g. \"dataset == 'cifar10' and seed < 3\"")
+    return df[mask]
 
 
 def mixed_fields(trials: pd.DataFrame, rows: str, cols: str) -> list[str]:
@@ -48,16 +82,44 @@ def mixed_fields(trials: pd.DataFrame, rows: str, cols: str) -> list[str]:
     df = ok_trials(trials)
     if df.empty or "config" not in df.columns:
         return []
-    flat = pd.json_normalize([json.loads(c) for c in df["config"]]).astype(str)
-    flat.index = df.index
-    ignore = {"seed", "trial_id", "sweep", rows, cols}
+    # Cells normally hold one config up to the seed. Compare the configs as text with their
+    # per-trial fields blanked first, and parse only the distinct texts of cells that differ:
+    # 100,000 trials take a fraction of a second instead of many. Blanking can only miss
+    # (then a cell looks mixed and the exact check below decides), never hide a difference.
+    blanked = [_blank_per_trial(c, s, t, w) for c, s, t, w in zip(
+        df["config"], df.get("seed", [None] * len(df)), df.get("trial_id", [None] * len(df)),
+        df.get("sweep", [None] * len(df)))]
+    texts = pd.DataFrame({"r": df[rows].to_numpy(), "c": df[cols].to_numpy(), "cfg": blanked}).drop_duplicates()
+    sizes = texts.groupby(["r", "c"], dropna=False)["cfg"].transform("size")
+    texts = texts[sizes > 1]
+    if texts.empty:
+        return []
+    flat = pd.json_normalize([json.loads(c) for c in texts["cfg"]]).astype(str)
+    flat.index = texts.index
+    ignore = {"seed", "trial_id", "sweep", "source", rows, cols}  # a source trial follows its seed
     varying: set[str] = set()
-    for _, cell in flat.groupby([df[rows], df[cols]]):
-        varying |= {c for c in cell.columns if c not in ignore and cell[c].nunique() > 1}
+    for _, cell in flat.groupby([texts["r"], texts["c"]], dropna=False):
+        # `recorded.*` is what the worker observed (frozen parameters, steps per epoch), not a setting
+        varying |= {c for c in cell.columns if c not in ignore and not c.startswith("recorded.")
+                    and cell[c].nunique() > 1}
     return sorted(varying)
 
 
+def _blank_per_trial(config: str, seed, trial_id, sweep) -> str:
+    """The config text with its top-level seed, trial_id and sweep values set to null."""
+    if not isinstance(config, str):
+        return ""
+    if seed is not None and not (isinstance(seed, float) and math.isnan(seed)):
+        config = config.replace(f'"seed": {int(seed)}', '"seed": null', 1)
+    for key, value in (("trial_id", trial_id), ("sweep", sweep)):
+        if isinstance(value, str):
+            config = config.replace(f'"{key}": {json.dumps(value)}', f'"{key}": null', 1)
+    return config
+
+
 def _label(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "none"
     if isinstance(value, float) and value.is_integer() and value > 1:
         return str(int(value))
     return f"{value:g}" if isinstance(value, float) else str(value)
@@ -70,43 +132,116 @@ def _cell(mean: float, std: float, n: int, percent: bool) -> str:
     text = f"{mean * scale:.{digits}f}"
     if n > 1:
         text += f" ± {std * scale:.{digits}f}"
-    return text
+    return text + f" (n={n})"
+
+
+def _ref_cell(value: float, published: str, source: str, diff: float, percent: bool) -> str:
+    """`paper ≈90.2% (figure), Δ -0.4`: the matched reference number next to a cell."""
+    if not published:
+        return ""
+    if published == "not published" or value is None or math.isnan(value):
+        return "paper: not published"
+    scale, digits, unit = (100.0, 1, " pt") if percent else (1.0, 4, "")
+    delta = "" if diff is None or math.isnan(diff) else f", Δ {diff * scale:+.{digits}f}{unit}"
+    return f"paper {published} ({source}){delta}"
 
 
 def pivot(summary: pd.DataFrame, rows: str, cols: str, metric: str) -> pd.DataFrame:
     """Wide, human-readable table: accuracies in percent, `mean ± std` over n seeds."""
     percent = metric.endswith("_acc")
-    table = summary.assign(
-        cell=[_cell(m, s, n, percent) for m, s, n in zip(summary["mean"], summary["std"], summary["n"])],
-        col=summary[cols].map(_label),
-    )
-    order = [_label(v) for v in sorted(summary[cols].unique(), key=lambda v: (isinstance(v, str), v))]
+    cells = [_cell(m, s, n, percent) for m, s, n in zip(summary["mean"], summary["std"], summary["n"])]
+    if "ref_published" in summary.columns:
+        refs = [_ref_cell(*r, percent) for r in zip(summary["ref_value"], summary["ref_published"],
+                                                     summary["ref_source"], summary["diff"])]
+        cells = [f"{c} · {r}" if r else c for c, r in zip(cells, refs)]
+    table = summary.assign(cell=cells, col=summary[cols].map(_label))
+    order = list(dict.fromkeys(_label(v) for v in sorted(
+        summary[cols].unique(), key=lambda v: (isinstance(v, str), pd.isna(v), 0 if pd.isna(v) else v))))
     wide = table.pivot(index=rows, columns="col", values="cell").reindex(columns=order).fillna("")
     wide.columns.name = None
     wide.index.name = f"{rows} \\ {cols}"
     return wide
 
 
-def render(summary: pd.DataFrame, rows: str, cols: str, metric: str, fmt: str = "md", mixed: list[str] = ()) -> str:
+BASELINES = {"baseline_chance": "(chance)", "baseline_counting": "(counting rule)", "baseline_bayes": "(Bayes rule)"}
+
+
+def baseline_rows(trials: pd.DataFrame, rows: str, cols: str, metric: str) -> pd.DataFrame:
+    """Reference rows beside the models: the exact chance, counting-rule and Bayes accuracies of
+    each column's data (spatial data), in the summary's long format with n = 0.
+
+    A model is credited with learning the spatial structure only where it beats counting.
+    """
+    present = [c for c in BASELINES if c in trials.columns and trials[c].notna().any()]
+    if metric != "test_acc" or not present or trials.empty:
+        return pd.DataFrame()
+    parts = []
+    for column in present:
+        means = trials.groupby(cols, dropna=False)[column].mean().dropna()
+        parts.append(pd.DataFrame({rows: BASELINES[column], cols: means.index, "mean": means.values,
+                                   "std": 0.0, "n": 0}))
+    return pd.concat(parts, ignore_index=True)
+
+
+def _with_baselines(wide: pd.DataFrame, baselines: pd.DataFrame, rows: str, cols: str, metric: str) -> pd.DataFrame:
+    """The wide table with the reference rows at the bottom (value only, no seed count)."""
+    scale, digits = (100.0, 1) if metric.endswith("_acc") else (1.0, 4)
+    for label, group in baselines.groupby(rows, sort=False):
+        values = {_label(c): f"{m * scale:.{digits}f}" for c, m in zip(group[cols], group["mean"])}
+        wide.loc[label] = [values.get(str(c), "") for c in wide.columns]
+    return wide
+
+
+def render(summary: pd.DataFrame, rows: str, cols: str, metric: str, fmt: str = "md", mixed: list[str] = (),
+           baselines: pd.DataFrame | None = None) -> str:
     if fmt not in FORMATS:
         raise BenchInputError(f"--format {fmt}: expected one of {', '.join(FORMATS)}")
     if summary.empty:
         return "(no finished trials)"
-    if fmt == "csv":
-        return summary.to_csv(index=False).rstrip("\n")
-    if fmt == "json":
-        return json.dumps(summary.to_dict(orient="records"), indent=2, default=str)
+    has_baselines = baselines is not None and not baselines.empty
+    if fmt in ("csv", "json"):
+        long = pd.concat([summary, baselines], ignore_index=True) if has_baselines else summary
+        if fmt == "csv":
+            return long.to_csv(index=False).rstrip("\n")
+        return json.dumps(long.to_dict(orient="records"), indent=2, default=str)
     wide = pivot(summary, rows, cols, metric)
+    if has_baselines:
+        wide = _with_baselines(wide, baselines, rows, cols, metric)
     n = int(summary["n"].max())
-    caption = f"{metric}{' (%)' if metric.endswith('_acc') else ''}, mean ± std over up to {n} trials per cell"
+    caption = (f"{metric}{' (%)' if metric.endswith('_acc') else ''}, mean ± std over the trials (seeds) of a cell, "
+               f"n of them (up to {n})")
+    if "ref_published" in summary.columns:
+        caption += "; paper: the published number (results/reference), Δ = ours - paper"
+    if has_baselines:
+        caption += ("; (rows): exact accuracies of reference rules on the same data: a model learned the "
+                    "spatial structure only where it beats the counting rule")
     if mixed:
         caption += (f"; WARNING: cells average trials that differ in {', '.join(mixed)}"
                     " (narrow with --where, or name the sweep file to keep only its trials)")
     if fmt == "latex":
-        return wide.to_latex(caption=caption)
+        return _latex(wide, caption)
     if fmt == "html":
         return wide.to_html()
     return _markdown(wide) + f"\n\n{caption}"
+
+
+_LATEX_SYMBOLS = {"±": r"$\pm$", "≈": r"$\approx$", "Δ": r"$\Delta$", "·": r"$\cdot$"}
+
+
+def _latex(wide: pd.DataFrame, caption: str) -> str:
+    """LaTeX that compiles: `%`, `_`, `\\` escaped in cells, labels and caption; ±, ≈, Δ as math."""
+    def esc(text: str) -> str:
+        for ch, rep in (("\\", r"\textbackslash{}"), ("%", r"\%"), ("_", r"\_"), ("&", r"\&"), ("#", r"\#")):
+            text = text.replace(ch, rep)
+        for ch, rep in _LATEX_SYMBOLS.items():
+            text = text.replace(ch, rep)
+        return text
+
+    safe = wide.map(lambda v: esc(str(v)))
+    safe.index = [esc(str(i)) for i in wide.index]
+    safe.index.name = esc(str(wide.index.name)) if wide.index.name else None
+    safe.columns = [esc(str(c)) for c in wide.columns]
+    return safe.to_latex(caption=esc(caption), escape=False)
 
 
 def _markdown(wide: pd.DataFrame) -> str:
@@ -121,8 +256,29 @@ def _markdown(wide: pd.DataFrame) -> str:
 
 def comparison_table(
     trials: pd.DataFrame, rows: str = "model", cols: str = "train_size", metric: str = "test_acc",
-    where: str | None = None, fmt: str = "md",
+    where: str | None = None, fmt: str = "md", vs_reference: bool = False, sweep: str | None = None,
 ) -> str:
+    """The comparison table as text; `vs_reference` adds the papers' numbers (bench.reference) per cell."""
     summary = summarize(trials, rows, cols, metric, where)
-    selected = trials if not where else ok_trials(trials).query(where)
-    return render(summary, rows, cols, metric, fmt, mixed_fields(selected, rows, cols))
+    selected = filter_trials(with_config_columns(ok_trials(trials), [rows, cols, metric], where), where)
+    if vs_reference and not summary.empty:
+        from bench.reference import attach_reference
+
+        summary = attach_reference(summary, selected, [rows, cols], metric, sweep)
+    return render(summary, rows, cols, metric, fmt, mixed_fields(selected, rows, cols),
+                  baselines=baseline_rows(selected, rows, cols, metric))
+
+
+def load(sweep: str, results: str = "results") -> dict[str, pd.DataFrame]:
+    """A sweep's tables for a notebook: {'trials', 'epochs', 'analysis'} as DataFrames.
+
+    Reads through the store (compacted parts honoured, each trial once); bad names are
+    BenchInputError, as on the command line.
+    """
+    from bench.store import ResultStore, TABLES, list_sweeps
+
+    if sweep not in list_sweeps(results):
+        known = ", ".join(list_sweeps(results)) or "none"
+        raise BenchInputError(f"{sweep}: no sweep of that name under {results} (sweeps: {known})")
+    store = ResultStore(results, sweep)
+    return {table: store.read(table) for table in TABLES}

@@ -16,19 +16,20 @@ import itertools
 import json
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from bench import analysis as analysis_registry
 from bench import data as data_registry
 from bench import models as model_registry
 from bench.errors import BenchInputError
+from bench.transfer import mode_problem
 
 AugmentName = Literal["crop", "flip", "randaugment", "mixup", "cutmix"]
-TRANSFER_MODES = ("scratch", "linear_probe", "finetune", "freeze_attention")
 SINGLE_STAGE = "main"
 
 # Fields of a trial that a grid key may start with.
@@ -43,11 +44,12 @@ class TrainSpec(_Strict):
     """How one trial trains. Every field changes the science, so every field is hashed."""
 
     epochs: int = Field(10, ge=0)
-    batch_size: int = Field(128, ge=1)
+    #: Images per step, or 'full': the whole training subset, one step per epoch (full-batch GD).
+    batch_size: int | Literal["full"] = 128
     optimizer: Literal["adamw", "sgd"] = "adamw"
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.05, ge=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
+    momentum: float = Field(0.9, ge=0, lt=1)  # sgd: 0 is plain gradient descent; Nesterov when > 0
     schedule: Literal["cosine", "constant", "step"] = "cosine"
     warmup_epochs: float = Field(0.0, ge=0)
     step_milestones: list[float] = Field(default_factory=lambda: [0.5, 0.75])
@@ -69,6 +71,10 @@ class ResourcesSpec(_Strict):
     gpus_per_trial: float = Field(0.0, ge=0)
     max_concurrent: int | None = Field(None, ge=1)
     max_failures: int = Field(2, ge=0)
+    #: A trial reports (checkpoint, progress, MLflow epoch metrics) at most this often; its
+    #: last epoch always. A 10^4-step full-batch run has 10^4 one-step epochs: reporting each
+    #: would cost more than the training. The epochs table still gets every epoch.
+    report_every_s: float = Field(5.0, ge=0)
 
 
 class SweepFile(_Strict):
@@ -83,10 +89,12 @@ class SweepFile(_Strict):
     train_size: float = 1.0
     seed: int = 0
     transfer: str | None = None
-    analysis: list[str] = Field(default_factory=list)
+    analysis: list[Any] = Field(default_factory=list)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     grid: dict[str, list[Any]] = Field(default_factory=dict)
     stages: list[dict[str, Any]] | None = None
+    #: Keep every trial's final weights in the store (`models/`), not only those a later stage uses.
+    keep_weights: bool = False
 
     @field_validator("name")
     @classmethod
@@ -113,6 +121,20 @@ class Sweep:
     resources: ResourcesSpec
     trials: list[dict[str, Any]]
     source_path: str | None = None
+    #: Stage names in run order and, for each stage that starts from another, its source.
+    stages: list[str] = field(default_factory=lambda: [SINGLE_STAGE])
+    sources: dict[str, str] = field(default_factory=dict)
+
+    def stage_trials(self, stage: str) -> list[dict[str, Any]]:
+        return [t for t in self.trials if t["stage"] == stage]
+
+    keep_weights: bool = False
+
+    @property
+    def source_stages(self) -> set[str]:
+        """Stages whose trials' final weights are kept in the store: those a later stage starts
+        from, or every stage with `keep_weights: true`."""
+        return set(self.stages) if self.keep_weights else set(self.sources.values())
 
 
 # ---------------------------------------------------------------------------- loading
@@ -147,9 +169,9 @@ def parse_sweep(raw: Any, source: str = "<sweep>", overrides: list[str] | None =
     except ValidationError as exc:
         raise BenchInputError(f"{source}: {_describe(exc)}") from None
     if top.stages is not None:
-        raise BenchInputError(
-            f"{source}: stages: multi-stage (transfer) sweeps are not yet supported by this version of bench"
-        )
+        return _parse_stages(raw, top, source)
+    if top.transfer is not None:
+        raise BenchInputError(f"{source}: transfer: a transfer mode needs a stage with a 'source' (see 'stages')")
     trials = _expand(top, source)
     return Sweep(
         name=top.name,
@@ -157,7 +179,148 @@ def parse_sweep(raw: Any, source: str = "<sweep>", overrides: list[str] | None =
         resources=top.resources,
         trials=trials,
         source_path=source,
+        keep_weights=top.keep_weights,
     )
+
+
+class StageSpec(_Strict):
+    """One stage of a multi-stage sweep; its fields override the sweep's top-level defaults."""
+
+    name: str
+    source: str | None = None
+    dataset: dict[str, Any] | None = None
+    model: str | None = None
+    model_args: dict[str, Any] | None = None
+    train: dict[str, Any] | None = None
+    train_size: float | None = None
+    seed: int | None = None
+    transfer: str | None = None
+    analysis: list[Any] | None = None
+    grid: dict[str, list[Any]] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_a_folder_name(cls, v: str) -> str:
+        return SweepFile._name_is_a_folder_name(v)
+
+
+def _parse_stages(raw: dict[str, Any], top: SweepFile, source: str) -> Sweep:
+    """Expand each stage's grid and link every downstream trial to its source trial.
+
+    A trial of a stage with `source: S` starts from the final weights of the one trial of
+    stage S that agrees with it on the grid keys both stages sweep (model, seed, ...) and
+    has the same model. No match, or several, is an error before anything runs.
+    """
+    stages_raw = raw.get("stages")
+    if not isinstance(stages_raw, list) or not stages_raw:
+        raise BenchInputError(f"{source}: stages: expected a non-empty list of stages")
+    specs: list[StageSpec] = []
+    for i, stage_raw in enumerate(stages_raw):
+        try:
+            specs.append(StageSpec.model_validate(stage_raw))
+        except ValidationError as exc:
+            raise BenchInputError(f"{source}: stages[{i}].{_describe(exc)}") from None
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names):
+        raise BenchInputError(f"{source}: stages: stage names must be unique, got {names}")
+    _check_stage_order(specs, source)
+
+    defaults = {k: v for k, v in raw.items() if k not in ("stages", "name", "description", "resources", "keep_weights")}
+    trials: list[dict[str, Any]] = []
+    by_stage: dict[str, list[dict[str, Any]]] = {}
+    grids: dict[str, dict[str, list[Any]]] = {}
+    for spec in specs:
+        stage_raw = _stage_fields(defaults, spec)
+        where = f"{source}: stages.{spec.name}"
+        try:
+            stage_top = SweepFile.model_validate({"name": top.name, **stage_raw})
+        except ValidationError as exc:
+            raise BenchInputError(f"{where}.{_describe(exc)}") from None
+        expanded = _expand(stage_top, where, stage=spec.name, has_source=spec.source is not None)
+        if spec.source is not None:
+            expanded = _link_sources(expanded, by_stage[spec.source], grids[spec.source], stage_top.grid,
+                                     f"{where}: source {spec.source}")
+        by_stage[spec.name] = expanded
+        grids[spec.name] = stage_top.grid
+        trials += expanded
+    return Sweep(
+        name=top.name, description=top.description, resources=top.resources, trials=trials, source_path=source,
+        stages=names, sources={s.name: s.source for s in specs if s.source is not None}, keep_weights=top.keep_weights,
+    )
+
+
+def _check_stage_order(specs: list[StageSpec], source: str) -> None:
+    """Sources must be stages of this sweep, with no cycle; a source must come before its stage."""
+    names = {s.name: s for s in specs}
+    for spec in specs:
+        seen, node = [spec.name], spec
+        while node.source is not None:
+            if node.source not in names:
+                hint = difflib.get_close_matches(node.source, list(names), n=1)
+                tip = f"; did you mean '{hint[0]}'?" if hint else f" (stages: {', '.join(names)})"
+                raise BenchInputError(f"{source}: stages.{node.name}.source: unknown stage '{node.source}'{tip}")
+            if node.source in seen:
+                raise BenchInputError(f"{source}: stages: the sources form a cycle ({' -> '.join(seen + [node.source])})")
+            seen.append(node.source)
+            node = names[node.source]
+    order = [s.name for s in specs]
+    for spec in specs:
+        if spec.source is not None and order.index(spec.source) > order.index(spec.name):
+            raise BenchInputError(f"{source}: stages.{spec.name}.source: stage '{spec.source}' must come before it")
+
+
+def _stage_fields(defaults: dict[str, Any], spec: StageSpec) -> dict[str, Any]:
+    """The sweep's top-level fields with the stage's on top: `train` and `model_args` merge key by key,
+    `dataset` too unless the stage names another dataset, the rest replace."""
+    merged = copy.deepcopy(defaults)
+    given = spec.model_dump(exclude_unset=True, exclude={"name", "source"})
+    for key, value in given.items():
+        base = merged.get(key)
+        same_dataset = key == "dataset" and isinstance(base, dict) and value.get("name", base.get("name")) == base.get("name")
+        if key in ("train", "model_args") and isinstance(base, dict) or same_dataset:
+            merged[key] = {**base, **value}
+        else:
+            merged[key] = value
+    return merged
+
+
+def _grid_fields(grid: dict[str, list[Any]]) -> set[str]:
+    """The dotted fields a grid sets (a named axis sets those of its mappings)."""
+    fields: set[str] = set()
+    for key, values in grid.items():
+        fields |= {k for v in values for k in v} if _is_linked_axis(values) and key not in TRIAL_ROOTS else {key}
+    return fields
+
+
+def _link_sources(trials: list[dict[str, Any]], sources: list[dict[str, Any]], source_grid: dict[str, list[Any]],
+                  grid: dict[str, list[Any]], where: str) -> list[dict[str, Any]]:
+    shared = sorted(_grid_fields(source_grid) & _grid_fields(grid))
+    linked, seen = [], set()
+    for trial in trials:
+        matches = [s for s in sources if s["model"] == trial["model"]
+                   and all(_get_dotted(s, k) == _get_dotted(trial, k) for k in shared)]
+        label = f"{trial['model']} " + " ".join(f"{k}={_get_dotted(trial, k)}" for k in shared)
+        if not matches:
+            raise BenchInputError(f"{where}: no source trial matches {label.strip()} "
+                                  f"(matched on model and the grid keys both stages sweep: {', '.join(shared) or 'none'})")
+        if len(matches) > 1:
+            raise BenchInputError(f"{where}: {len(matches)} source trials match {label.strip()}; sweep a key that tells "
+                                  f"them apart (e.g. seed) in both stages (shared keys: {', '.join(shared) or 'none'})")
+        trial = {**trial, "source": matches[0]["trial_id"]}
+        trial["trial_id"] = trial_id(trial)
+        if trial["trial_id"] not in seen:
+            seen.add(trial["trial_id"])
+            linked.append(trial)
+    return linked
+
+
+def _get_dotted(config: dict[str, Any], key: str) -> Any:
+    node: Any = config
+    for part in key.split("."):
+        if not isinstance(node, dict):
+            return None
+        node = node.get(part)
+    return node
 
 
 def _apply_override(raw: dict[str, Any], override: str, source: str) -> None:
@@ -175,7 +338,7 @@ def _apply_override(raw: dict[str, Any], override: str, source: str) -> None:
 # --------------------------------------------------------------------------- expansion
 
 
-def _expand(top: SweepFile, source: str) -> list[dict[str, Any]]:
+def _expand(top: SweepFile, source: str, stage: str = SINGLE_STAGE, has_source: bool = False) -> list[dict[str, Any]]:
     defaults: dict[str, Any] = {
         "dataset": top.dataset,
         "model": top.model,
@@ -186,19 +349,30 @@ def _expand(top: SweepFile, source: str) -> list[dict[str, Any]]:
         "transfer": top.transfer,
         "analysis": top.analysis,
     }
-    for key in top.grid:
-        if key.split(".")[0] not in TRIAL_ROOTS:
+    for key, values in top.grid.items():
+        if key.split(".")[0] not in TRIAL_ROOTS and not _is_linked_axis(values):
             raise BenchInputError(
-                f"{source}: grid.{key}: cannot sweep '{key.split('.')[0]}' (sweepable: {', '.join(TRIAL_ROOTS)})"
+                f"{source}: grid.{key}: cannot sweep '{key.split('.')[0]}' (sweepable: {', '.join(TRIAL_ROOTS)}; "
+                "or a named axis whose values are mappings of fields set together)"
             )
+        if _is_linked_axis(values):
+            for value in values:
+                for field_key in value:
+                    if field_key.split(".")[0] not in TRIAL_ROOTS:
+                        raise BenchInputError(f"{source}: grid.{key}: cannot set '{field_key}' "
+                                              f"(sweepable: {', '.join(TRIAL_ROOTS)})")
     keys = list(top.grid)
     trials = []
     seen: dict[str, int] = {}
     for values in itertools.product(*(top.grid[k] for k in keys)):
         trial = copy.deepcopy(defaults)
         for key, value in zip(keys, values):
-            _set_dotted(trial, key, copy.deepcopy(value))
-        resolved = _resolve_trial(trial, top.name, source, grid_keys=keys)
+            if key.split(".")[0] in TRIAL_ROOTS:
+                _set_dotted(trial, key, copy.deepcopy(value))
+            else:  # a linked axis: one value sets several fields together
+                for field_key, field_value in value.items():
+                    _set_dotted(trial, field_key, copy.deepcopy(field_value))
+        resolved = _resolve_trial(trial, top.name, source, grid_keys=keys, stage=stage, has_source=has_source)
         if resolved["trial_id"] in seen:
             continue  # two grid points that resolve to the same trial run once
         seen[resolved["trial_id"]] = len(trials)
@@ -206,7 +380,14 @@ def _expand(top: SweepFile, source: str) -> list[dict[str, Any]]:
     return trials
 
 
-def _resolve_trial(trial: dict[str, Any], sweep: str, source: str, grid_keys: list[str]) -> dict[str, Any]:
+def _is_linked_axis(values: list[Any]) -> bool:
+    """A named grid axis (`geometry: [{dataset.num_patches: 10, train.lr: 0.02}, ...]`): fields that
+    vary together, e.g. a learning rate that suits each data geometry, instead of a product."""
+    return bool(values) and all(isinstance(v, dict) and v for v in values)
+
+
+def _resolve_trial(trial: dict[str, Any], sweep: str, source: str, grid_keys: list[str],
+                   stage: str = SINGLE_STAGE, has_source: bool = False) -> dict[str, Any]:
     def where(field_name: str) -> str:
         for key in grid_keys:
             if key == field_name or key.startswith(field_name + ".") or field_name.startswith(key + "."):
@@ -236,33 +417,35 @@ def _resolve_trial(trial: dict[str, Any], sweep: str, source: str, grid_keys: li
     if not isinstance(model_args, dict):
         raise BenchInputError(f"{where('model_args')}: expected a mapping of arguments for create_model")
     model_args = _model_args_for(model, model_args, lambda: where("model_args"))
+    model_args = _tokens_match_data_patches(model, model_args, dataset, lambda: where("model_args"))
 
     train_size = _check_train_size(trial["train_size"], where("train_size"))
     seed = trial["seed"]
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise BenchInputError(f"{where('seed')}: expected an integer, got {seed!r}")
-    if trial["transfer"] is not None:
-        raise BenchInputError(
-            f"{where('transfer')}: transfer settings need a multi-stage sweep ('stages'), not yet supported"
-        )
-    analysis = trial["analysis"]
-    if not isinstance(analysis, list) or not all(isinstance(a, str) for a in analysis):
-        raise BenchInputError(f"{where('analysis')}: expected a list of analysis names")
-    if analysis:
-        raise BenchInputError(
-            f"{where('analysis')}: analyses ({', '.join(analysis)}) are not yet supported by this version of bench"
-        )
+    transfer = trial["transfer"]
+    if has_source:
+        transfer = transfer or "finetune"
+        problem = mode_problem(transfer, model) if isinstance(transfer, str) else f"expected a mode name, got {transfer!r}"
+        if problem:
+            raise BenchInputError(f"{where('transfer')}: {problem}")
+    elif transfer is not None:
+        raise BenchInputError(f"{where('transfer')}: a transfer mode needs a stage with a 'source'")
+    try:
+        analysis = analysis_registry.resolve_analyses(trial["analysis"], model, dataset["name"])
+    except BenchInputError as exc:
+        raise BenchInputError(f"{where('analysis')}: {exc}") from None
 
     config = {
         "sweep": sweep,
-        "stage": SINGLE_STAGE,
+        "stage": stage,
         "dataset": dataset,
         "model": model,
         "model_args": model_args,
         "train": train.model_dump(),
         "train_size": train_size,
         "seed": seed,
-        "transfer": None,
+        "transfer": transfer,
         "source": None,
         "analysis": analysis,
     }
@@ -289,6 +472,30 @@ def _model_args_for(model: str, args: dict[str, Any], where) -> dict[str, Any]:
         if key in accepted and value is not None:
             kept[key] = value
     return dict(sorted(kept.items()))
+
+
+PATCH_DATASETS = ("spatial", "spatial_control")
+
+
+def _tokens_match_data_patches(model: str, args: dict[str, Any], dataset: dict[str, Any], where) -> dict[str, Any]:
+    """On the synthetic patch data a patch model's token is one data patch.
+
+    Positional attention can only be compared with the partition when token j is data
+    patch j: a 2-px token on 4-px data patches splits each patch over four tokens. So a
+    model that takes `patch_size` gets the dataset's, and a different one is an error.
+    """
+    if dataset["name"] not in PATCH_DATASETS or "patch_size" not in model_registry.model_arg_names(model):
+        return args
+    if model_registry.model_entry(model).input_kind != "image":
+        return args
+    wanted = dataset["patch_size"]
+    given = args.get("patch_size")
+    if given is not None and given != wanted:
+        raise BenchInputError(
+            f"{where()}: patch_size {given} for {model}, but dataset '{dataset['name']}' has {wanted}-px patches; "
+            "on this data a token must be one data patch (leave patch_size out to take the dataset's)"
+        )
+    return dict(sorted({**args, "patch_size": wanted}.items()))
 
 
 def _check_train_size(value: Any, where: str) -> float | int:

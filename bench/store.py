@@ -56,6 +56,12 @@ TRIALS_SCHEMA = pa.schema(
         ("started_at", pa.timestamp("us", tz="UTC")),
         ("finished_at", pa.timestamp("us", tz="UTC")),
         ("bench_version", pa.string()),
+        # Reference accuracies of the trial's data, where they are known in closed form
+        # (`spatial`: the counting rule and the Bayes rule); a model is credited with
+        # learning the spatial structure only above `baseline_counting`.
+        ("baseline_chance", pa.float64()),
+        ("baseline_counting", pa.float64()),
+        ("baseline_bayes", pa.float64()),
     ]
 )
 
@@ -80,6 +86,7 @@ ANALYSIS_SCHEMA = pa.schema(
         ("layer", pa.string()),
         ("index", pa.int64()),
         ("value", pa.float64()),
+        ("epoch", pa.int64()),  # after which epoch it was computed (0: at initialisation)
     ]
 )
 
@@ -126,20 +133,47 @@ class ResultStore:
     # ------------------------------------------------------------------ reading
 
     def read(self, table: str) -> pd.DataFrame:
-        """All rows of one table, schemas unified across files (columns only ever added)."""
-        folder = f"{self.base}/{table}"
-        info = self.fs.get_file_info(folder)
-        if info.type != pafs.FileType.Directory:
-            return TABLES[table].empty_table().to_pandas()
-        files = [
-            f.path
-            for f in self.fs.get_file_info(pafs.FileSelector(folder))
-            if f.type == pafs.FileType.File and f.base_name.endswith(".parquet") and not f.base_name.startswith(".")
-        ]
-        if not files:
-            return TABLES[table].empty_table().to_pandas()
-        tables = [pq.read_table(path, filesystem=self.fs) for path in sorted(files)]
-        return pa.concat_tables(tables, promote_options="permissive").to_pandas()
+        """All rows of one table, schemas unified across files (columns only ever added).
+
+        Honours compacted parts (`bench results compact`): each trial's rows come from
+        one source only, its per-trial file if there is one, else the newest part.
+        """
+        from bench.compact import read_folder
+
+        return read_folder(self.fs, f"{self.base}/{table}", TABLES[table]).to_pandas()
+
+    # ------------------------------------------------------------------ weights
+
+    def model_path(self, trial_id: str) -> str:
+        """Where a trial's final weights live: `<results>/<sweep>/models/<trial_id>.pt`."""
+        return f"{self.base}/models/{trial_id}.pt"
+
+    def write_model(self, trial_id: str, state: dict[str, Any]) -> str:
+        """A trial's final weights (a state dict), written atomically like every file of the store."""
+        import io
+
+        import torch
+
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        folder = f"{self.base}/models"
+        self.fs.create_dir(folder, recursive=True)
+        final, temp = self.model_path(trial_id), f"{folder}/.{trial_id}.{uuid.uuid4().hex}.tmp"
+        with self.fs.open_output_stream(temp) as stream:
+            stream.write(buffer.getvalue())
+        self.fs.move(temp, final)
+        return final
+
+    def has_model(self, trial_id: str) -> bool:
+        return self.fs.get_file_info(self.model_path(trial_id)).type == pafs.FileType.File
+
+    def read_model(self, trial_id: str) -> dict[str, Any]:
+        import io
+
+        import torch
+
+        with self.fs.open_input_stream(self.model_path(trial_id)) as stream:
+            return torch.load(io.BytesIO(stream.read()), map_location="cpu", weights_only=True)
 
     def read_trials(self) -> pd.DataFrame:
         return self.read("trials")
@@ -188,8 +222,16 @@ def trial_row(
     finished_at: datetime | None = None,
     attempts: int = 1,
 ) -> dict[str, Any]:
-    """The trials-table row for a trial config and its result (or its error)."""
+    """The trials-table row for a trial config and its result (or its error).
+
+    The stored `config` is the resolved trial plus what the worker recorded about how it
+    ran (`recorded`: which parameters were decayed or frozen, steps per epoch).
+    """
     result = result or {}
+    stored_config = {**config, "recorded": result["recorded"]} if result.get("recorded") else config
+    from bench.data.baselines import spatial_baselines as data_baselines  # lazy: it imports torch, and
+    # readers of the store (`bench results table/sql`) must not pay seconds for it
+    baselines = data_baselines(config["dataset"]) or {}
     return {
         "sweep": config["sweep"],
         "stage": config["stage"],
@@ -214,9 +256,12 @@ def trial_row(
         "train_samples_per_s": result.get("train_samples_per_s"),
         "device": result.get("device"),
         "attempts": attempts,
-        "config": json.dumps(config, sort_keys=True),
+        "config": json.dumps(stored_config, sort_keys=True),
         "mlflow_run_id": mlflow_run_id,
         "started_at": started_at,
         "finished_at": finished_at or now_utc(),
         "bench_version": bench.__version__,
+        "baseline_chance": baselines.get("chance"),
+        "baseline_counting": baselines.get("counting"),
+        "baseline_bayes": baselines.get("bayes"),
     }

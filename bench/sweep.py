@@ -10,12 +10,10 @@ loses a finished trial.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import re
-import shutil
 import sys
 import tempfile
 import time
@@ -34,8 +32,9 @@ import torch  # noqa: E402
 from ray import tune  # noqa: E402
 
 from bench import data as data_registry  # noqa: E402
-from bench.errors import DataUnavailable  # noqa: E402
-from bench.spec import Sweep  # noqa: E402
+from bench import storage  # noqa: E402
+from bench.errors import BenchInputError, DataUnavailable  # noqa: E402
+from bench.spec import SINGLE_STAGE, Sweep  # noqa: E402
 from bench.store import ResultStore, now_utc, trial_row  # noqa: E402
 from bench.tracking import Tracker, check_reachable, resolve_tracking  # noqa: E402
 from bench.train import run_trial  # noqa: E402
@@ -65,13 +64,26 @@ def _tune_trainable(param_space: dict[str, Any]) -> None:
         with checkpoint.as_directory() as folder:
             resume = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=False)
 
+    # Report (with a checkpoint) at most every `report_every_s` seconds, and after the last
+    # epoch: a 10^4-epoch full-batch run must not spend its time writing checkpoints.
+    every_s, last_epoch = param_space.get("report_every_s", 0.0), config["train"]["epochs"]
+    last_report = [float("-inf")]
+
     def on_epoch(row: dict[str, Any], get_state) -> None:
+        now = time.monotonic()
+        if row["epoch"] != last_epoch and now - last_report[0] < every_s:
+            return
+        last_report[0] = now
         with tempfile.TemporaryDirectory() as folder:
             torch.save(get_state(), Path(folder) / STATE_FILE)
             tune.report(dict(row), checkpoint=tune.Checkpoint.from_directory(folder))
 
-    device = "auto" if param_space["gpus"] > 0 else "cpu"
-    result = run_trial(config, on_epoch=on_epoch, resume=resume, device=device)
+    source_state = None
+    if config.get("source") and config.get("transfer") != "scratch":
+        store = ResultStore(param_space["results"], config["sweep"])
+        source_state = store.read_model(config["source"])
+    device = storage.trial_device(param_space["gpus"])  # the GPU Ray assigned, if any
+    result = run_trial(config, on_epoch=on_epoch, resume=resume, device=device, source_state=source_state)
     tune.report({FINAL_KEY: json.dumps(result)})
 
 
@@ -112,8 +124,10 @@ class Progress:
 class StoreCallback(tune.Callback):
     """Writes each finished trial to Parquet and MLflow the moment Tune reports it."""
 
-    def __init__(self, store: ResultStore, tracker: Tracker | None, progress: Progress):
+    def __init__(self, store: ResultStore, tracker: Tracker | None, progress: Progress,
+                 keep_weights: set[str] | frozenset[str] = frozenset()):
         self.store, self.tracker, self.progress = store, tracker, progress
+        self.keep_weights = set(keep_weights)  # stages whose final weights a later stage starts from
         self.run_ids: dict[str, str | None] = {}
         self.started_at: dict[str, Any] = {}
         self.attempts: dict[str, int] = {}
@@ -143,6 +157,12 @@ class StoreCallback(tune.Callback):
         row = trial_row(config, status="ok", result=result, mlflow_run_id=self.run_ids.get(tid),
                         started_at=self.started_at.get(tid), attempts=self.attempts.get(tid, 1))
         self.store.write_epochs(tid, result["history"])
+        self.store.write_analysis(tid, result.get("analysis") or [])
+        if config["stage"] in self.keep_weights:  # before the ok row: an ok source always has its weights
+            weights = self._final_weights(trial)
+            self.store.write_model(tid, weights)
+            if self.tracker:
+                self.tracker.log_weights(self.run_ids.get(tid), tid, weights)
         self.store.write_trial(row)
         if self.tracker:
             self.tracker.end_trial(self.run_ids.get(tid), row)
@@ -150,6 +170,19 @@ class StoreCallback(tune.Callback):
         self.progress.ok += 1
         self.progress.durations.append(result["wall_s"])
         self.progress.line("ok", config, f"test_acc={result['test_acc']:.3f} ({result['wall_s']:.1f}s)")
+
+    @staticmethod
+    def _final_weights(trial) -> dict[str, Any]:
+        """The model state of the trial's last checkpoint (its last epoch is always reported with one)."""
+        with trial.checkpoint.as_directory() as folder:
+            return torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=False)["model"]
+
+    def record_failure(self, config: dict[str, Any], error: str) -> None:
+        """A trial that could not run at all (its source failed): a `failed` row, no Tune trial."""
+        row = trial_row(config, status="failed", error=error, attempts=0)
+        self.store.write_trial(row)
+        self.progress.failed += 1
+        self.progress.line("FAILED", config, error)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         config = trial.config["trial"]
@@ -199,6 +232,25 @@ def preflight(trials: list[dict[str, Any]], source: str | None = None) -> None:
                 raise DataUnavailable(f"{source or 'sweep'}: dataset: {exc}") from None
 
 
+def _ready_to_run(trials: list[dict[str, Any]], store: ResultStore, callback: "StoreCallback") -> list[dict[str, Any]]:
+    """A stage's trials that can start: a downstream trial whose source did not finish ok is
+    recorded `failed` with that reason; a source whose weights went missing is bad input."""
+    if not any(t["source"] for t in trials):
+        return trials
+    ok = store.ok_trial_ids()
+    runnable = []
+    for trial in trials:
+        source = trial["source"]
+        if source and source not in ok:
+            callback.record_failure(trial, f"source trial {source} did not finish ok, so this transfer did not run")
+            continue
+        if source and trial["transfer"] != "scratch" and not store.has_model(source):
+            raise BenchInputError(f"stage {trial['stage']}: the weights of source trial {source} are missing "
+                                  f"(expected {store.model_path(source)}); rerun its stage with --fresh")
+        runnable.append(trial)
+    return runnable
+
+
 def connect_ray(address: str | None) -> bool:
     """Join `address` (or RAY_ADDRESS), reuse a running ray, or start a local one; True if we started it."""
     # Tune warns that it finds no result.json: our store replaces its loggers on purpose.
@@ -223,6 +275,7 @@ def run_sweep(
     out: TextIO | None = None,
 ) -> SweepOutcome:
     """Run the sweep's pending trials on Ray Tune; results go to the store and MLflow as they finish."""
+    location = storage.resolve_results(results_dir)  # a folder or a bucket; Tune's checkpoints follow it
     store = ResultStore(results_dir, sweep.name)
     pending = pending_trials(sweep, store, fresh)
     skipped = len(sweep.trials) - len(pending)
@@ -231,13 +284,20 @@ def run_sweep(
               file=out or sys.stdout)
         return SweepOutcome(len(sweep.trials), skipped, 0, 0)
     preflight(pending, sweep.source_path)
+    storage.check_tracking(location, mlflow_uri)
     uri, artifact_location = resolve_tracking(results_dir, mlflow_uri)
     check_reachable(uri)
 
-    Path(results_dir).mkdir(parents=True, exist_ok=True)
+    started_ray = connect_ray(address)
+    try:  # shared storage, a tracking server, a node that fits a trial: before anything is written
+        storage.check_cluster(location, uri, sweep.resources.cpus_per_trial, sweep.resources.gpus_per_trial)
+    except BenchInputError:
+        if started_ray:
+            ray.shutdown()
+        raise
+    location.filesystem.create_dir(location.path, recursive=True)
     tracker = Tracker(uri, sweep.name, artifact_location)
     tracker.start_sweep(sweep.name, sweep.description, len(sweep.trials), len(pending), sweep.source_path)
-    started_ray = connect_ray(address)
     res = sweep.resources
     concurrency = max_concurrent or res.max_concurrent
     cluster_cpus = ray.cluster_resources().get("CPU", 1)
@@ -247,38 +307,47 @@ def run_sweep(
         f"({cluster_cpus:g} CPUs, {ray.cluster_resources().get('GPU', 0):g} GPUs); results in {store.base}",
         file=out or sys.stdout, flush=True,
     )
-    callback = StoreCallback(store, tracker, progress)
-    tune_root = Path(results_dir).resolve() / sweep.name / ".tune"
+    callback = StoreCallback(store, tracker, progress, keep_weights=sweep.source_stages)
+    tune_root, tune_filesystem = location.tune_storage(sweep.name)
     launch = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     trainable = tune.with_resources(_tune_trainable, {"cpu": res.cpus_per_trial, "gpu": res.gpus_per_trial})
-    tuner = tune.Tuner(
-        trainable,
-        param_space={
-            "trial": tune.grid_search(pending),
-            "cpus": res.cpus_per_trial,
-            "gpus": res.gpus_per_trial,
-        },
-        tune_config=tune.TuneConfig(
-            max_concurrent_trials=concurrency,
-            trial_dirname_creator=lambda trial: trial.config["trial"]["trial_id"],
-            trial_name_creator=lambda trial: trial.config["trial"]["trial_id"],
-        ),
-        run_config=tune.RunConfig(
-            name=launch,
-            storage_path=str(tune_root),
-            failure_config=tune.FailureConfig(max_failures=res.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            callbacks=[callback],
-            verbose=0,
-        ),
-    )
     try:
-        tuner.fit()
+        for stage in sweep.stages:  # in order: a stage's sources have finished before it starts
+            runnable = _ready_to_run([t for t in pending if t["stage"] == stage], store, callback)
+            if not runnable:
+                continue
+            name = launch if sweep.stages == [SINGLE_STAGE] else f"{launch}-{stage}"
+            tuner = tune.Tuner(
+                trainable,
+                param_space={
+                    "trial": tune.grid_search(runnable),
+                    "cpus": res.cpus_per_trial,
+                    "gpus": res.gpus_per_trial,
+                    "report_every_s": res.report_every_s,
+                    "results": str(results_dir),
+                },
+                tune_config=tune.TuneConfig(
+                    max_concurrent_trials=concurrency,
+                    trial_dirname_creator=lambda trial: trial.config["trial"]["trial_id"],
+                    trial_name_creator=lambda trial: trial.config["trial"]["trial_id"],
+                ),
+                run_config=tune.RunConfig(
+                    name=name,
+                    storage_path=tune_root,
+                    storage_filesystem=tune_filesystem,
+                    failure_config=tune.FailureConfig(max_failures=res.max_failures),
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                    callbacks=[callback],
+                    verbose=0,
+                ),
+            )
+            try:
+                tuner.fit()
+            finally:
+                location.remove_tree(f"{tune_root}/{name}")  # checkpoints are for retries, not results
     finally:
         tracker.end_sweep(progress.ok, progress.failed)
-        shutil.rmtree(tune_root / launch, ignore_errors=True)  # checkpoints are for retries, not results
-        with contextlib.suppress(OSError):
-            tune_root.rmdir()  # only if no other launch is using it
+        location.remove_if_empty(tune_root)  # only if no other launch is using it
         if started_ray:
             ray.shutdown()
     return SweepOutcome(len(sweep.trials), skipped, progress.ok, progress.failed)

@@ -138,6 +138,22 @@ class Tracker:
         self._guard("log", self._log, run_id, metrics=metrics, tags=tags)
         self._guard("set_terminated", self.client.set_terminated, run_id, "FINISHED" if row["status"] == "ok" else "FAILED")
 
+    def log_weights(self, run_id: str | None, trial_id: str, state: dict[str, Any]) -> None:
+        """The trial's final weights as an artifact of its run (`model/<trial_id>.pt`)."""
+        if run_id is None:
+            return
+        import tempfile
+
+        import torch
+
+        def log() -> None:
+            with tempfile.TemporaryDirectory() as folder:
+                path = Path(folder) / f"{trial_id}.pt"
+                torch.save(state, path)
+                self.client.log_artifact(run_id, str(path), artifact_path="model")
+
+        self._guard("log_artifact", log)
+
     def end_sweep(self, ok: int, failed: int) -> None:
         if self.parent_run_id is None:
             return

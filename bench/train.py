@@ -15,8 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bench.analysis import AnalysisContext, due, run_analysis
 from bench.data import DeviceLoader, TrialData, build_trial_data
+from bench.data.shuffle import BlockShuffle
 from bench.models import count_flops, count_params, create_model, model_entry
+from bench.transfer import prepare as prepare_transfer
 
 #: on_epoch(epoch_row, get_state): epoch_row holds the epoch's metrics; get_state() builds
 #: the checkpoint state lazily, only if the hook wants to save it. The state shares
@@ -46,20 +49,43 @@ def build_model(config: dict[str, Any], data: TrialData) -> nn.Module:
     return create_model(config["model"], num_classes=data.num_classes, **size, **config["model_args"])
 
 
-def make_optimizer(model: nn.Module, train: dict[str, Any]) -> torch.optim.Optimizer:
-    """Weight decay on weight matrices and kernels only: not on biases and norms, nor on what
-    the model lists in `no_weight_decay()` (position embeddings, CLS token, bias tables), as timm does."""
+def decay_groups(model: nn.Module) -> dict[str, list[str]]:
+    """Which trainable parameters are weight-decayed: weight matrices and kernels only, not biases
+    and norms, nor what the model lists in `no_weight_decay()` (position embeddings, CLS token,
+    bias tables, pa_theory's A), as timm does. Frozen parameters are listed apart."""
     skip = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    decay = [p for n, p in named if p.ndim >= 2 and n not in skip]
-    no_decay = [p for n, p in named if p.ndim < 2 or n in skip]
+    groups: dict[str, list[str]] = {"decay": [], "no_decay": [], "frozen": []}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            groups["frozen"].append(name)
+        elif p.ndim >= 2 and name not in skip:
+            groups["decay"].append(name)
+        else:
+            groups["no_decay"].append(name)
+    return groups
+
+
+def make_optimizer(model: nn.Module, train: dict[str, Any]) -> torch.optim.Optimizer:
+    """AdamW or SGD over the trainable parameters, weight decay as `decay_groups` says.
+
+    SGD with momentum 0 is plain gradient descent (with a full batch, the paper's GD);
+    Nesterov momentum only when there is momentum.
+    """
+    names = decay_groups(model)
+    params = dict(model.named_parameters())
     groups = [
-        {"params": decay, "weight_decay": train["weight_decay"]},
-        {"params": no_decay, "weight_decay": 0.0},
+        {"params": [params[n] for n in names["decay"]], "weight_decay": train["weight_decay"]},
+        {"params": [params[n] for n in names["no_decay"]], "weight_decay": 0.0},
     ]
     if train["optimizer"] == "sgd":
-        return torch.optim.SGD(groups, lr=train["lr"], momentum=train["momentum"], nesterov=True)
+        momentum = train["momentum"]
+        return torch.optim.SGD(groups, lr=train["lr"], momentum=momentum, nesterov=momentum > 0)
     return torch.optim.AdamW(groups, lr=train["lr"])
+
+
+def batch_size_for(train: dict[str, Any], n_train: int) -> int:
+    """'full' is the whole training subset: one step per epoch."""
+    return n_train if train["batch_size"] == "full" else int(train["batch_size"])
 
 
 def lr_factor(step: int, steps_per_epoch: int, train: dict[str, Any]) -> float:
@@ -77,18 +103,25 @@ def lr_factor(step: int, steps_per_epoch: int, train: dict[str, Any]) -> float:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: TrialData, batch_size: int = 1024) -> tuple[float, float]:
-    """(NLL, accuracy) on the test split."""
+def evaluate(model: nn.Module, data: TrialData, batch_size: int | None = None) -> tuple[float, float]:
+    """(NLL, accuracy) on the test split, in batches of about 4M input values, one sync at the end.
+
+    Small inputs (pa_theory's patch vectors) are evaluated in a few large batches: a long
+    full-batch run evaluates after every one-step epoch.
+    """
     model.eval()
-    nll, correct = 0.0, 0
-    for start in range(0, len(data.test_x), batch_size):
+    n = len(data.test_x)
+    per_sample = max(1, data.test_x[0].numel()) if n else 1
+    batch_size = batch_size or min(16384, max(1024, 2**22 // per_sample))
+    nll = torch.zeros((), device=data.test_x.device, dtype=torch.float64)
+    correct = torch.zeros((), device=data.test_x.device, dtype=torch.long)
+    for start in range(0, n, batch_size):
         x = data.normalize(data.test_x[start : start + batch_size])
         y = data.test_y[start : start + batch_size]
         logits = model(x)
-        nll += F.cross_entropy(logits, y, reduction="sum").item()
-        correct += (logits.argmax(dim=1) == y).sum().item()
-    n = len(data.test_x)
-    return nll / n, correct / n
+        nll += F.cross_entropy(logits, y, reduction="sum").double()
+        correct += (logits.argmax(dim=1) == y).sum()
+    return nll.item() / n, correct.item() / n
 
 
 def classification_loss(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float) -> torch.Tensor:
@@ -100,14 +133,59 @@ def classification_loss(logits: torch.Tensor, targets: torch.Tensor, label_smoot
     return -(targets * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
 
 
+def block_shuffle_of(data: TrialData) -> BlockShuffle | None:
+    """The dataset's block shuffle, for a loader that must augment in image space."""
+    grid = data.meta.get("shuffle_grid")
+    if grid is None or data.input_kind != "image" or grid >= data.img_size:
+        return None
+    return BlockShuffle(grid, data.meta.get("shuffle_seed", 0), data.img_size, data.train_x.device)
+
+
+def make_loader(data: TrialData, train: dict[str, Any], generator: torch.Generator | None,
+                batch_size: int | None = None) -> DeviceLoader:
+    """The trial's augmented training batches (also what analyses on training data draw from)."""
+    return DeviceLoader(
+        data.train_x, data.train_y, batch_size or batch_size_for(train, data.n_train), data.normalize,
+        augment=train["augment"], generator=generator, num_classes=data.num_classes,
+        crop_padding=train["crop_padding"], randaugment_n=train["randaugment_n"], randaugment_m=train["randaugment_m"],
+        mixup_alpha=train["mixup_alpha"], cutmix_alpha=train["cutmix_alpha"], block_shuffle=block_shuffle_of(data),
+    )
+
+
+def run_due_analyses(config: dict[str, Any], model: nn.Module, data: TrialData, dev: torch.device,
+                     epoch: int) -> list[dict[str, Any]]:
+    """The trial's analyses that are due after `epoch` (0: at initialisation), as analysis-table rows."""
+    train = config["train"]
+    specs = [a for a in config.get("analysis") or [] if due(a, epoch, train["epochs"], train["warmup_epochs"])]
+    if not specs:
+        return []
+    generator = torch.Generator(device=dev).manual_seed(config["seed"] + 7919 * (epoch + 1))
+    ctx = AnalysisContext(
+        model=model, data=data, config=config, device=dev, epoch=epoch,
+        train_batches=lambda size: iter(make_loader(data, train, generator, size)),
+        loss_fn=lambda logits, y: classification_loss(logits, y, train["label_smoothing"]),
+    )
+    was_training = model.training
+    rows = []
+    for spec in specs:
+        rows += run_analysis(spec, ctx)
+        model.train(was_training)
+    return rows
+
+
 def run_trial(
     config: dict[str, Any],
     *,
     on_epoch: EpochHook | None = None,
     resume: dict[str, Any] | None = None,
     device: str | None = None,
+    source_state: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, Any]:
-    """Train and evaluate one resolved trial config; return its metrics and epoch history."""
+    """Train and evaluate one resolved trial config; return its metrics, epoch history and analysis rows.
+
+    A downstream trial of a transfer sweep gets its source trial's final weights as
+    `source_state`, and starts from them as its `transfer` mode says (bench.transfer).
+    """
     started = time.perf_counter()
     train = config["train"]
     dev = resolve_device(device)
@@ -116,21 +194,18 @@ def run_trial(
     torch.manual_seed(config["seed"])
     data = build_trial_data(config["dataset"], config["train_size"], config["seed"], dev, input_kind)
     model = build_model(config, data).to(dev)
+    transfer_info = prepare_transfer(model, config, source_state)
     params = count_params(model)
     flops = count_flops(model, data.input_shape)
 
     generator = torch.Generator(device=dev).manual_seed(config["seed"])
-    loader = DeviceLoader(
-        data.train_x, data.train_y, train["batch_size"], data.normalize,
-        augment=train["augment"], generator=generator, num_classes=data.num_classes,
-        crop_padding=train["crop_padding"], randaugment_n=train["randaugment_n"], randaugment_m=train["randaugment_m"],
-        mixup_alpha=train["mixup_alpha"], cutmix_alpha=train["cutmix_alpha"],
-    )
+    loader = make_loader(data, train, generator)
     optimizer = make_optimizer(model, train)
     steps_per_epoch = len(loader)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, steps_per_epoch, train))
 
     history: list[dict[str, Any]] = []
+    analysis_rows: list[dict[str, Any]] = []
     first_epoch, train_time, samples_seen, elapsed_before = 0, 0.0, 0, 0.0
     if resume is not None:
         model.load_state_dict(resume["model"])
@@ -139,8 +214,11 @@ def run_trial(
         generator.set_state(resume["generator"])
         torch.set_rng_state(resume["torch_rng"])
         history = list(resume["history"])
+        analysis_rows = list(resume.get("analysis", []))
         first_epoch, train_time, samples_seen = resume["epoch"], resume["train_time"], resume["samples_seen"]
         elapsed_before = resume["elapsed"]
+    else:
+        analysis_rows += run_due_analyses(config, model, data, dev, 0)
 
     for epoch in range(first_epoch, train["epochs"]):
         model.train()
@@ -174,12 +252,13 @@ def run_trial(
             "wall_s": elapsed_before + time.perf_counter() - started,
         }
         history.append(row)
+        analysis_rows += run_due_analyses(config, model, data, dev, epoch + 1)
         if on_epoch is not None:
             done_epoch, done_time, done_samples, elapsed = epoch + 1, train_time, samples_seen, row["wall_s"]
             on_epoch(row, lambda: {
                 "epoch": done_epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "generator": generator.get_state(),
-                "torch_rng": torch.get_rng_state(), "history": list(history),
+                "torch_rng": torch.get_rng_state(), "history": list(history), "analysis": list(analysis_rows),
                 "train_time": done_time, "samples_seen": done_samples, "elapsed": elapsed,
             })
 
@@ -202,5 +281,8 @@ def run_trial(
         "wall_s": elapsed_before + time.perf_counter() - started,
         "train_samples_per_s": samples_seen / train_time if train_time > 0 else None,
         "device": device_name(dev),
+        "recorded": {"param_groups": decay_groups(model), "steps_per_epoch": steps_per_epoch,
+                     **({"new_head": transfer_info["new_head"]} if config.get("source") else {})},
         "history": history,
+        "analysis": analysis_rows,
     }

@@ -113,7 +113,14 @@ def test_overrides_with_set():
         ({**BASE, "grid": {"seed": []}}, "grid: Value error, seed: an empty list gives no trials"),
         ({**BASE, "grid": {"resources.cpus_per_trial": [1]}}, "grid.resources.cpus_per_trial: cannot sweep 'resources'"),
         ({**BASE, "stages": [{"name": "a"}]}, "stages: multi-stage (transfer) sweeps are not yet supported"),
-        ({**BASE, "analysis": ["hessian"]}, "analysis: analyses (hessian) are not yet supported"),
+        ({**BASE, "analysis": ["hessain"]}, "analysis: unknown analysis 'hessain'"),
+        ({**BASE, "model": "vit_ti", "analysis": [{"patch_association": {"evry": 2}}]},
+         "analysis: patch_association.evry: unknown option; did you mean 'every'?"),
+        ({**BASE, "model": "vit_ti", "analysis": [{"patch_association": {"at": ["start"]}}]}, "'start' is not an epoch"),
+        ({**BASE, "analysis": "patch_association"}, "analysis: Input should be a valid list"),
+        ({**BASE, "train": {"batch_size": "half"}}, "train.batch_size"),
+        ({**BASE, "model": "vit_ti", "model_args": {"patch_size": 2}},
+         "patch_size 2 for vit_ti, but dataset 'spatial' has 4-px patches"),
         ({**BASE, "name": "a/b"}, "name:"),
         ({"model": "resnet18"}, "name: required field is missing"),
         ({"name": "t"}, "model: no model given"),
@@ -139,3 +146,37 @@ def test_load_errors(tmp_path):
     bad.write_text("name: x\ngrid: {model: [resnet18\n")
     with pytest.raises(BenchInputError, match=r"bad.yaml: line \d+: not valid YAML"):
         load_sweep(bad)
+
+
+def test_patch_models_take_the_data_patch_as_their_token():
+    t = sweep(model="vit_ti_pos", dataset={"name": "spatial", "patch_size": 2, "grid": 6, "set_size": 4})
+    assert t.trials[0]["model_args"] == {"patch_size": 2}
+    assert sweep(model="resnet18").trials[0]["model_args"] == {}  # no patch_size argument: untouched
+    cifar = sweep(model="vit_ti", dataset={"name": "cifar10"}, model_args={"patch_size": 2})
+    assert cifar.trials[0]["model_args"] == {"patch_size": 2}  # real images: the sweep's choice
+
+
+def test_full_batch_plain_gd_is_expressible():
+    t = sweep(model="pa_theory", train={"batch_size": "full", "optimizer": "sgd", "momentum": 0.0,
+                                       "weight_decay": 0.0}).trials[0]
+    assert t["train"]["batch_size"] == "full" and t["train"]["momentum"] == 0.0
+
+
+def test_analyses_are_resolved_with_their_options_and_left_out_where_they_do_not_apply():
+    s = sweep(analysis=[{"patch_association": {"every": 10}}], grid={"model": ["vit_ti_pos", "resnet18"]})
+    vit, resnet = s.trials
+    assert vit["analysis"] == [{"name": "patch_association",
+                                "options": {"at": ["end"], "every": 10, "batch": 64, "maps": True}}]
+    assert resnet["analysis"] == []  # a ResNet has no attention to associate patches with
+
+
+def test_a_named_axis_sets_several_fields_together():
+    s = sweep(model="pa_theory", grid={
+        "geometry": [{"dataset.num_patches": 10, "dataset.patch_dim": 10, "dataset.set_size": 2, "train.lr": 0.02},
+                     {"dataset.num_patches": 36, "dataset.patch_dim": 36, "train.lr": 0.001}],
+        "seed": [0, 1]})
+    assert [(t["dataset"]["num_patches"], t["train"]["lr"], t["seed"]) for t in s.trials] == [
+        (10, 0.02, 0), (10, 0.02, 1), (36, 0.001, 0), (36, 0.001, 1)]
+    assert "cannot set 'resources.cpus_per_trial'" in error_of(
+        {**BASE, "grid": {"setting": [{"resources.cpus_per_trial": 1}]}})
+    assert "cannot sweep 'geometry'" in error_of({**BASE, "grid": {"geometry": [10, 36]}})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 import pytest
 import yaml
@@ -101,3 +103,40 @@ def test_exhausted_retries_give_a_failed_row_and_exit_1_without_losing_the_rest(
     # Resume reruns only the failed trial (it fails again); the ok one is not touched.
     assert main(["run", str(sweep), "--results", str(results)]) == 1
     assert marker.read_text().count("failed") == 4
+
+
+def test_long_full_batch_runs_report_sparsely_and_store_every_epoch_and_analysis(ray_local, tmp_path):
+    """A 150-epoch full-batch GD run of pa_theory: reports (checkpoints, MLflow epoch metrics)
+    are throttled to `report_every_s`, the epochs table keeps every epoch, patch association
+    is stored over training, and the rows carry the data's counting and Bayes accuracies."""
+    sweep = write_sweep(
+        tmp_path, name="gd", model="pa_theory", model_args={},
+        dataset={"name": "spatial", "num_patches": 10, "patch_dim": 10, "set_size": 2, "partition": "random",
+                 "num_train": 512, "num_test": 256},
+        train={"epochs": 150, "batch_size": "full", "optimizer": "sgd", "momentum": 0.0, "lr": 0.02,
+               "weight_decay": 0.0, "schedule": "constant"},
+        train_size=1.0, analysis=[{"patch_association": {"every": 50}}],
+        resources={"cpus_per_trial": 1, "max_failures": 0, "report_every_s": 3600}, grid={"seed": [0]},
+    )
+    results = tmp_path / "results"
+    assert main(["run", str(sweep), "--results", str(results)]) == 0
+    row = pd.read_parquet(results / "gd" / "trials").iloc[0]
+    assert row.status == "ok" and row.epochs == 150 and row.n_train == 512
+    assert row.baseline_counting == pytest.approx(0.8338, abs=1e-4) and row.baseline_bayes == pytest.approx(0.8961, abs=1e-4)
+    config = json.loads(row.config)
+    assert config["recorded"]["steps_per_epoch"] == 1
+    assert config["recorded"]["param_groups"] == {"decay": [], "no_decay": ["v", "attn.offdiag"], "frozen": []}
+
+    epochs = pd.read_parquet(results / "gd" / "epochs")
+    assert sorted(epochs.epoch) == list(range(1, 151))  # every epoch kept
+    analysis = pd.read_parquet(results / "gd" / "analysis")
+    exact = analysis[(analysis.metric == "exact") & (analysis.layer == "A")]
+    assert sorted(exact.epoch) == [0, 50, 100, 150]
+    assert set(analysis[analysis.metric == "cos_v_w"].epoch) == {0, 50, 100, 150}
+    assert (analysis.metric == "map").sum() == 100  # the 10 x 10 logits at the end
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{results}/mlflow.db")
+    history = client.get_metric_history(row.mlflow_run_id, "test_acc")
+    assert sorted(m.step for m in history) == [1, 150]  # the first report and the last epoch only

@@ -7,6 +7,7 @@ are looked for) and `imagefolder` (users' own train/ and test/ class folders).
 
 # Importing the dataset modules registers them.
 from bench.data import cifar, control, imagefolder, spatial, svhn  # noqa: F401
+from bench.data.baselines import spatial_baselines
 from bench.data.loader import DeviceLoader, Normalizer
 from bench.data.registry import (
     Splits,
@@ -35,6 +36,7 @@ __all__ = [
     "parse_options",
     "register_dataset",
     "resolve_dataset",
+    "spatial_baselines",
     "stratified_subset",
     "subset_size",
 ]

@@ -24,7 +24,14 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from bench.data.patchgrid import PatchDataOptions, make_partition, sample_generator, splits_from_patches
+from bench.data.patchgrid import (
+    TEACHER_SALT,
+    PatchDataOptions,
+    make_partition,
+    salted_generator,
+    sample_generator,
+    splits_from_patches,
+)
 from bench.data.registry import Splits, register_dataset
 
 
@@ -36,7 +43,7 @@ class ControlOptions(PatchDataOptions):
 
 def make_teacher(hidden: int, set_size: int, dim: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Filters (K, C, d) with unit-variance pre-activations on N(0, I) patches, and readout signs (K,)."""
-    gen = torch.Generator().manual_seed(seed)
+    gen = salted_generator(seed, TEACHER_SALT)
     filters = torch.randn(hidden, set_size, dim, generator=gen) / (set_size * dim) ** 0.5
     signs = torch.randint(0, 2, (hidden,), generator=gen).float() * 2 - 1
     return filters, signs

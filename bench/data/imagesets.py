@@ -71,5 +71,6 @@ def assemble(
         except ValueError as exc:
             raise BenchInputError(f"dataset '{options.name}': {exc}") from None
     mean, std = stats
-    info = {"classes": list(classes), "shuffle_grid": options.shuffle_grid, **(meta or {})}
+    info = {"classes": list(classes), "shuffle_grid": options.shuffle_grid, "shuffle_seed": options.shuffle_seed,
+            **(meta or {})}
     return Splits(train_x, train_y, test_x, test_y, num_classes=len(classes), mean=mean, std=std, meta=info)

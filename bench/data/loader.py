@@ -27,9 +27,12 @@ import torch
 from bench.data.augment import crop_flip
 from bench.data.mix import mix_batch
 from bench.data.randaugment import NUM_BINS, rand_augment
+from bench.data.shuffle import BlockShuffle
 
 AUGMENTATIONS = ("crop", "flip", "randaugment", "mixup", "cutmix")
 IMAGE_ONLY = frozenset({"crop", "flip", "randaugment", "cutmix"})
+#: Augmentations that move pixels: on block-shuffled data they run on the unshuffled image.
+SPATIAL = frozenset({"crop", "flip", "randaugment", "cutmix"})
 
 
 class Normalizer:
@@ -41,10 +44,13 @@ class Normalizer:
         self.std = torch.tensor(std, device=device, dtype=torch.float32).view(shape)
         self._pixel_scale = 1.0 / (255.0 * self.std)
         self._shift = -self.mean / self.std
+        self._identity = bool((self.mean == 0).all() and (self.std == 1).all())  # raw patch vectors
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype == torch.uint8:  # a fresh float tensor: normalise it in place
             return x.float().mul_(self._pixel_scale).add_(self._shift)
+        if self._identity and x.dtype == torch.float32:
+            return x  # callers never write into a batch, so the stored data is safe
         return (x.float() - self.mean) / self.std  # never in place: x may be the stored data
 
 
@@ -80,6 +86,7 @@ class DeviceLoader:
         mixup_alpha: float = 1.0,
         cutmix_alpha: float = 0.8,
         shuffle: bool = True,
+        block_shuffle: BlockShuffle | None = None,
     ):
         augment = tuple(augment)
         unknown = set(augment) - set(AUGMENTATIONS)
@@ -108,6 +115,8 @@ class DeviceLoader:
         self.mixup_alpha = mixup_alpha if "mixup" in augment else None
         self.cutmix_alpha = cutmix_alpha if "cutmix" in augment else None
         self.shuffle = shuffle
+        # Block-shuffled data is augmented in image space: unshuffle, augment, shuffle again.
+        self.block_shuffle = block_shuffle if set(augment) & SPATIAL else None
 
     def __len__(self) -> int:
         return -(-len(self.x) // self.batch_size)
@@ -131,6 +140,8 @@ class DeviceLoader:
         for start in range(0, n, self.batch_size):
             idx = order[start : start + self.batch_size]
             xb = take_rows(self.x, idx)
+            if self.block_shuffle is not None:
+                xb = self.block_shuffle.unshuffle(xb)
             if crop_or_flip:
                 xb = crop_flip(xb, self.crop_padding, "flip" in self.augment, self.generator)
             if "randaugment" in self.augment:
@@ -139,4 +150,6 @@ class DeviceLoader:
             yb = self.y.index_select(0, idx)
             if self.mixing:
                 xb, yb = mix_batch(xb, yb, self.num_classes, self.mixup_alpha, self.cutmix_alpha, rng)
+            if self.block_shuffle is not None:
+                xb = self.block_shuffle.shuffle(xb)
             yield xb, yb

@@ -32,8 +32,10 @@ import torch
 from pydantic import Field
 
 from bench.data.patchgrid import (
+    FEATURE_SALT,
     PatchDataOptions,
     make_partition,
+    salted_generator,
     sample_generator,
     set_index_of_patch,
     splits_from_patches,
@@ -50,7 +52,7 @@ class SpatialOptions(PatchDataOptions):
 
 def make_feature(dim: int, seed: int) -> torch.Tensor:
     """The unit feature vector w*, drawn from its own seed (uniform on the sphere)."""
-    w = torch.randn(dim, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    w = torch.randn(dim, generator=salted_generator(seed, FEATURE_SALT), dtype=torch.float64)
     return (w / w.norm()).float()
 
 

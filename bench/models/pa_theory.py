@@ -1,22 +1,35 @@
 """The one-layer positional-attention model of Jelassi, Sander & Li's theory, on patch vectors.
 
 F(X) = sum_i sigma(D * sum_j S_ij <v, X_j>) with S = row-softmax(A / sqrt(d)): the
-attention logits A (D x D) are trained directly with their diagonal held fixed, v in R^d
-is the one value vector, X is (D patches, d dims). The model outputs the two logits
-[-F/2, F/2], so cross-entropy on class (y+1)/2 is exactly the logistic loss
-log(1 + exp(-y F)) of the paper.
+attention logits A (D x D) are trained with their diagonal held fixed, v in R^d is the one
+value vector, X is (D patches, d dims). The model outputs the two logits [-F/2, F/2], so
+cross-entropy on class (y+1)/2 is exactly the logistic loss log(1 + exp(-y F)) of the paper.
 
-Open choices (model_args): `activation` sigma = 'cubic' (z^3, the best reading of the
-paper), 'linear' or 'relu'; the fixed diagonal `diag_logit` = 0 and the equal
-off-diagonal start `offdiag_init` = 0 (the symmetric init: S starts uniform); v starts
-N(0, `v_init_std`^2 I) with a small std (0.01), since a cubic model has no gradient at
-v = 0.
+Why the defaults are what they are (all are model_args):
+- `diag_logit` = sqrt(d): the paper's A = P^T P has A_ii = |p_i|^2 >= |A_ij|. With every
+  logit equal at init, the gradient w.r.t. A is the same for every row: it carries no
+  information about the partition. A diagonal above the off-diagonal makes each patch
+  attend mostly to itself, so the gradient of A_ij reflects how patches i and j co-vary,
+  which is what separates within-set from between-set entries.
+- `v_init_std` = 1 / d: a cubic model has no gradient at v = 0 (a saddle); at this scale
+  gradient descent leaves it in tens of steps instead of thousands.
+- `logit_scale` = 32: A's off-diagonal is `logit_scale * theta` with theta the trained
+  parameter, so one gradient step moves A about logit_scale^2 (~1000) times faster than
+  it would move a directly trained A. v and A live on very different time scales: with
+  equal steps, A barely moves before v has fitted the counting solution, and plain
+  full-batch GD at one learning rate stays there. The scale lets one learning rate learn
+  both, and leaves the model function (and its init) unchanged.
+- `learn_attention` = False freezes A at its init (the control: no patch association).
+- `activation` sigma = 'cubic' (z^3, the best reading of the paper), 'linear' or 'relu'.
+A is never weight-decayed (`no_weight_decay`).
 
 As in every zoo model, the builder gets the data's size as `img_size` = D (patches) and
 `in_chans` = d (patch dimension).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -43,19 +56,22 @@ class PatchAttention(AttentionLayer):
 
     kind = "msa"
 
-    def __init__(self, num_patches: int, patch_dim: int, diag_logit: float = 0.0, offdiag_init: float = 0.0):
+    def __init__(self, num_patches: int, patch_dim: int, diag_logit: float = 0.0, offdiag_init: float = 0.0,
+                 logit_scale: float = 1.0, learn: bool = True):
         super().__init__()
         self.num_patches = num_patches
         self.scale = patch_dim**-0.5
-        self.offdiag = nn.Parameter(torch.full((num_patches, num_patches), float(offdiag_init)))
+        self.logit_scale = float(logit_scale)
+        theta = torch.full((num_patches, num_patches), float(offdiag_init) / self.logit_scale)
+        self.offdiag = nn.Parameter(theta, requires_grad=learn)
         eye = torch.eye(num_patches)
         self.register_buffer("eye", eye, persistent=False)
         self.register_buffer("diag", eye * diag_logit, persistent=False)
 
     @property
     def A(self) -> torch.Tensor:
-        """The (D, D) attention logits: trained off the diagonal, fixed on it."""
-        return self.offdiag * (1 - self.eye) + self.diag
+        """The (D, D) attention logits: logit_scale * theta off the diagonal, fixed on it."""
+        return self.logit_scale * self.offdiag * (1 - self.eye) + self.diag
 
     def scores(self) -> torch.Tensor:
         """S = row-softmax(A / sqrt(d)), (D, D)."""
@@ -77,15 +93,18 @@ class PatchAttention(AttentionLayer):
 class PaTheory(AttentionModel):
     input_kind = "patches"
 
-    def __init__(self, num_patches: int, patch_dim: int, activation: str = "cubic", diag_logit: float = 0.0,
-                 offdiag_init: float = 0.0, v_init_std: float = 0.01):
+    def __init__(self, num_patches: int, patch_dim: int, activation: str = "cubic", diag_logit: float | None = None,
+                 offdiag_init: float = 0.0, v_init_std: float | None = None, logit_scale: float = 32.0,
+                 learn_attention: bool = True):
         super().__init__()
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, not {activation!r}")
+        diag_logit = math.sqrt(patch_dim) if diag_logit is None else diag_logit
+        v_init_std = 1.0 / patch_dim if v_init_std is None else v_init_std
         self.activation = activation
         self.sigma = ACTIVATIONS[activation]
         self.v = nn.Parameter(torch.randn(patch_dim) * v_init_std)
-        self.attn = PatchAttention(num_patches, patch_dim, diag_logit, offdiag_init)
+        self.attn = PatchAttention(num_patches, patch_dim, diag_logit, offdiag_init, logit_scale, learn_attention)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, D, d) patches -> (B, D) attended values D * sum_j S_ij <v, X_j>."""
@@ -102,6 +121,13 @@ class PaTheory(AttentionModel):
     def blocks(self) -> list[tuple[str, nn.Module]]:
         return [("attn", self.attn)]
 
+    def no_weight_decay(self) -> set[str]:
+        """A is never decayed: decay would pull the learned partition back towards uniform attention."""
+        return {"attn.offdiag"}
+
+    def attention_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        return [("attn.offdiag", self.attn.offdiag)]
+
     def positional_scores(self) -> torch.Tensor:
         """The (D, D) logits A, for patch association (Def. 2.2)."""
         return self.attn.A.detach().clone()
@@ -117,14 +143,17 @@ def pa_theory(
     img_size: int = 16,
     in_chans: int = 48,
     activation: str = "cubic",
-    diag_logit: float = 0.0,
+    diag_logit: float | None = None,
     offdiag_init: float = 0.0,
-    v_init_std: float = 0.01,
+    v_init_std: float | None = None,
+    logit_scale: float = 32.0,
+    learn_attention: bool = True,
 ) -> PaTheory:
     """Jelassi et al.'s theory model; img_size = D patches, in_chans = d.
 
     The defaults (D = 16, d = 48) are the spatial dataset's default: a 4x4 grid of 4x4x3 patches.
+    diag_logit defaults to sqrt(d) and v_init_std to 1/d (see the module docstring).
     """
     if num_classes != 2:
         raise ValueError(f"pa_theory is a binary classifier (2 logits [-F/2, F/2]), got num_classes={num_classes}")
-    return PaTheory(img_size, in_chans, activation, diag_logit, offdiag_init, v_init_std)
+    return PaTheory(img_size, in_chans, activation, diag_logit, offdiag_init, v_init_std, logit_scale, learn_attention)

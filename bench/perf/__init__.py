@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.perf import data as _data  # noqa: F401  (registers the `data` suite)
+from bench.perf import store as _store  # noqa: F401  (registers the `store` suite)
 from bench.perf.registry import Suite, get_suite, list_suites, register_suite
 from bench.perf.timing import machine_info
 
@@ -28,7 +29,8 @@ def format_result(result: dict[str, Any]) -> str:
     for r in rows:
         lo, hi = min(r["repeats"]), max(r["repeats"])
         unit = r.get("unit", "")
-        lines.append(f"{r['name']:<{width}}  {r['median']:>12,.0f}  {lo:>12,.0f}  {hi:>12,.0f}  {len(r['repeats'])}  {unit}")
+        spec = ",.0f" if r["median"] >= 100 else ".3f"  # img/s counts; seconds with their decimals
+        lines.append(f"{r['name']:<{width}}  {r['median']:>12{spec}}  {lo:>12{spec}}  {hi:>12{spec}}  {len(r['repeats'])}  {unit}")
     for name, value in result.get("ratios", {}).items():
         lines.append(f"ratio {name}: {value:.1f}x")
     return "\n".join(lines)

@@ -1,0 +1,118 @@
+"""Patch association (Jelassi, Sander & Li 2022, Def. 2.2): has attention learned the partition?
+
+A model performs patch association when, for every set S_l and every i in S_l, the
+largest entries of row i of its positional scores (A for `pa_theory`, P^T P or the
+positional attention maps for ViTs) are exactly S_l. Row i's own entry is left out of
+the test: `pa_theory`'s diagonal is held fixed above the rest, and an attention map's
+diagonal is its self-weight; so the top C - 1 off-diagonal entries of row i must be
+S_l minus i.
+
+Metrics (`patch_association(scores, partition)`):
+- `exact`: share of rows whose top C - 1 off-diagonal entries are exactly their set-mates;
+- `soft`: mean share of those top entries that are set-mates (chance (C-1)/(D-1));
+- `gap`: mean within-set minus mean between-set off-diagonal score.
+
+The `patch_association` analysis records them over training (`every: N` epochs) with, for
+`pa_theory`, |cos(v, w*)| (v aligns with w* first, then A learns the sets), and for ViTs
+one set per layer and head of the positional attention maps (CLS row and column dropped;
+a vanilla ViT's maps depend on the input and are averaged over a test batch) and one for
+the cosine similarities of the positional embeddings. With `maps: true` (default) the
+maps themselves are stored at the last epoch as rows `metric=map, layer="<layer>.<head>",
+index=i*D+j`, so figures can show whether they became block-structured.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+
+from bench.analysis.registry import AnalysisContext, AnalysisOptions, register_analysis
+
+PARTITIONED_DATA = ("spatial", "spatial_control")
+MODEL_FAMILIES = ("theory", "vit", "vit_pos")
+
+
+def patch_association(scores: torch.Tensor, partition: list[list[int]]) -> dict[str, float]:
+    """exact / soft / gap of a (D, D) score matrix against the sets of `partition` (see module doc)."""
+    scores = scores.detach().double().cpu()
+    d = scores.shape[0]
+    set_of = torch.empty(d, dtype=torch.long)
+    for index, members in enumerate(partition):
+        set_of[list(members)] = index
+    if sorted(int(i) for s in partition for i in s) != list(range(d)):
+        raise ValueError(f"partition does not cover the {d} rows of the scores exactly once")
+    same = set_of[:, None] == set_of[None, :]
+    eye = torch.eye(d, dtype=torch.bool)
+    within, between = same & ~eye, ~same
+    off_diagonal = scores.masked_fill(eye, float("-inf"))
+    exact_rows, soft_sum = 0, 0.0
+    for i in range(d):
+        mates = within[i].nonzero().flatten()
+        k = len(mates)
+        if k == 0:  # sets of one patch: nothing to associate
+            exact_rows += 1
+            soft_sum += 1.0
+            continue
+        top = off_diagonal[i].topk(k).indices
+        hits = int(within[i, top].sum())
+        exact_rows += hits == k
+        soft_sum += hits / k
+    gap = scores[within].mean() - scores[between].mean() if within.any() and between.any() else torch.tensor(0.0)
+    return {"exact": exact_rows / d, "soft": soft_sum / d, "gap": float(gap)}
+
+
+class PatchAssociationOptions(AnalysisOptions):
+    batch: int = Field(64, ge=1)  # test images whose attention maps a vanilla ViT averages
+    maps: bool = True  # store the score maps themselves at the last epoch
+
+
+def _applies(model: str, dataset: str) -> bool:
+    from bench.models import model_entry
+
+    return dataset in PARTITIONED_DATA and model_entry(model).family in MODEL_FAMILIES
+
+
+def _rows(layer: str, index: int | None, scores: torch.Tensor, partition: list[list[int]],
+          with_map: bool) -> list[dict[str, Any]]:
+    rows = [{"metric": k, "layer": layer, "index": index, "value": v} for k, v in patch_association(scores, partition).items()]
+    if with_map:
+        flat = scores.detach().double().cpu().flatten().tolist()
+        tag = layer if index is None else f"{layer}.{index}"
+        rows += [{"metric": "map", "layer": tag, "index": j, "value": v} for j, v in enumerate(flat)]
+    return rows
+
+
+@register_analysis("patch_association", PatchAssociationOptions, applies=_applies)
+def run_patch_association(ctx: AnalysisContext, options: PatchAssociationOptions) -> list[dict[str, Any]]:
+    partition = ctx.data.meta["partition"]
+    d = sum(len(s) for s in partition)
+    with_maps = options.maps and ctx.epoch == ctx.config["train"]["epochs"]
+    model = ctx.model
+    rows: list[dict[str, Any]] = []
+    if hasattr(model, "v") and hasattr(model, "positional_scores") and ctx.data.input_kind == "patches":
+        rows += _rows("A", None, model.positional_scores(), partition, with_maps)
+        feature = ctx.data.meta.get("feature")
+        if feature is not None:
+            w = torch.tensor(feature, dtype=torch.float32, device=model.v.device)
+            rows.append({"metric": "cos_v_w", "layer": None, "index": None,
+                         "value": abs(F.cosine_similarity(model.v.detach(), w, dim=0).item())})
+        return rows
+
+    prefix = getattr(model, "num_prefix_tokens", 0)
+    x = ctx.data.normalize(ctx.data.test_x[: options.batch])
+    maps = model.attention_maps(x)
+    for layer, probs in enumerate(maps):
+        probs = probs[:, :, prefix:, prefix:].mean(dim=0)  # (heads, D, D): CLS dropped, batch averaged
+        if probs.shape[-1] != d:
+            raise ValueError(f"the model has {probs.shape[-1]} patch tokens but the data has {d} patches: "
+                             "patch association needs one token per data patch")
+        for head in range(probs.shape[0]):
+            rows += _rows(str(layer), head, probs[head], partition, with_maps)
+    if hasattr(model, "positional_scores"):
+        pos = model.positional_scores()[prefix:, prefix:]
+        if pos.shape[-1] == d:
+            rows += _rows("pos_embed", None, pos, partition, with_maps)
+    return rows

@@ -1,0 +1,163 @@
+"""Filter-normalised loss landscapes (Li et al. 2018, as Park & Kim use them).
+
+Random Gaussian directions in parameter space, each filter (slice along the first
+dimension of a weight tensor) rescaled to the norm of the same filter of the trained
+weights, biases and norm-layer parameters (every tensor with fewer than 2 dims) left at
+zero. The loss (training loss + the L2 term, as in the Hessian analysis) is evaluated at
+w + a d1 (1-D) or w + a d1 + b d2 (2-D) on a grid over [-span, span], on a fixed set of
+augmented training batches, in eval mode. The grid always holds the origin exactly, where
+the value is the trained model's loss on those batches. The weights are restored exactly.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import Field, field_validator
+from torch import nn
+
+from bench.analysis.probes import l2_term, preserved, training_batches, training_loss, weight_decay
+from bench.analysis.registry import AnalysisContext, AnalysisOptions, register_analysis, register_plot
+
+
+def filter_normalized_direction(params: list[torch.Tensor], generator: torch.Generator | None = None) -> list[torch.Tensor]:
+    """A random direction with each filter's norm equal to that filter's norm in `params`; 1-D tensors get 0."""
+    direction = []
+    for p in params:
+        if p.ndim <= 1:
+            direction.append(torch.zeros_like(p))
+            continue
+        d = torch.randn(p.shape, generator=generator, device=p.device, dtype=p.dtype)
+        d_norm = d.flatten(1).norm(dim=1).clamp_min(1e-12)
+        p_norm = p.detach().flatten(1).norm(dim=1)
+        direction.append(d * (p_norm / d_norm).view(-1, *([1] * (p.ndim - 1))))
+    return direction
+
+
+def grid_axis(points: int, span: float) -> list[float]:
+    """`points` coordinates evenly spaced on [-span, span]; the middle one is exactly 0."""
+    half = (points - 1) / 2
+    return [0.0 if i == half else span * (i - half) / half for i in range(points)] if points > 1 else [0.0]
+
+
+@torch.no_grad()
+def loss_at(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]], loss_fn: Any, l2: float) -> float:
+    """Mean training loss over `batches` (weighted by batch size) plus the L2 term."""
+    total, count = 0.0, 0
+    for x, y in batches:
+        total += float(loss_fn(model(x), y)) * len(x)
+        count += len(x)
+    return total / max(count, 1) + (float(l2_term(model, l2)) if l2 else 0.0)
+
+
+class LandscapeOptions(AnalysisOptions):
+    dims: int = Field(2, ge=1, le=2)  # 1-D curve or 2-D surface
+    points: int = Field(11, ge=1)  # per axis, odd so the origin is on the grid
+    span: float = Field(1.0, gt=0)  # the grid covers [-span, span] per direction
+    batch_size: int = Field(128, ge=1)
+    n_batches: int = Field(4, ge=1)
+    l2: bool = True
+    seed: int = 0
+
+    @field_validator("points")
+    @classmethod
+    def _odd(cls, value: int) -> int:
+        if value % 2 == 0:
+            raise ValueError("must be odd, so that the grid holds the trained weights (the origin)")
+        return value
+
+
+def loss_surface(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]], loss_fn: Any, l2: float,
+                 dims: int, points: int, span: float, seed: int = 0) -> tuple[list[float], np.ndarray]:
+    """(axis, losses): losses has shape (points,) or (points, points), [i, j] at (axis[i], axis[j])."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    origin = [p.detach().clone() for p in params]
+    gen = torch.Generator(device=params[0].device).manual_seed(seed)
+    directions = [filter_normalized_direction(origin, gen) for _ in range(dims)]
+    axis = grid_axis(points, span)
+    losses = np.zeros((points,) * dims)
+    try:
+        with torch.no_grad():
+            for cell in np.ndindex(*losses.shape):
+                for k, p in enumerate(params):
+                    p.copy_(origin[k])
+                    for d, i in zip(directions, cell):
+                        if axis[i] != 0.0:
+                            p.add_(d[k], alpha=axis[i])
+                losses[cell] = loss_at(model, batches, loss_fn, l2)
+    finally:
+        with torch.no_grad():
+            for p, o in zip(params, origin):
+                p.copy_(o)
+    return axis, losses
+
+
+@register_analysis("landscape", LandscapeOptions)
+def landscape_analysis(ctx: AnalysisContext, options: LandscapeOptions) -> list[dict[str, Any]]:
+    """The loss on a 1-D or 2-D grid of filter-normalised random directions around the trained weights."""
+    batches = training_batches(ctx, options.batch_size, options.n_batches)
+    l2 = weight_decay(ctx) if options.l2 else 0.0
+    with preserved(ctx.model):
+        axis, losses = loss_surface(ctx.model, batches, training_loss(ctx), l2, options.dims, options.points,
+                                    options.span, options.seed)
+    name = f"loss_{options.dims}d"
+    rows = [{"metric": "alpha", "layer": None, "index": i, "value": a} for i, a in enumerate(axis)]
+    rows += [{"metric": name, "layer": None, "index": int(flat), "value": float(v)}
+             for flat, v in enumerate(losses.ravel())]
+    centre = tuple([len(axis) // 2] * options.dims)
+    rows.append({"metric": "loss_origin", "layer": None, "index": None, "value": float(losses[centre])})
+    return rows
+
+
+@register_plot("landscape")
+def plot_landscape(frame: Any) -> Any:
+    """1-D: loss along the direction per model; 2-D: one contour panel per model (mean over its trials)."""
+    from bench.analysis.figures import last_epoch, model_colors, new_figure, no_data
+
+    frame = last_epoch(frame)
+    models = sorted(frame["model"].dropna().unique())
+    surfaces = frame[frame["metric"] == "loss_2d"]
+    curves = frame[frame["metric"] == "loss_1d"]
+    alphas = frame[frame["metric"] == "alpha"]
+    panels = max(1, len(models)) if not surfaces.empty else 1
+    extra = 1 if not curves.empty and not surfaces.empty else 0
+    fig, axes = new_figure(1, panels + extra, width=4.2 * (panels + extra), height=3.9)
+    colors = model_colors(models)
+    if surfaces.empty and curves.empty:
+        no_data(axes[0], "landscape")
+        return fig
+    if not curves.empty:
+        ax = axes[-1]
+        for model in models:
+            c = curves[curves["model"] == model]
+            a = alphas[alphas["trial_id"].isin(c["trial_id"])]
+            if c.empty:
+                continue
+            mean = c.groupby("index")["value"].mean()
+            axis = a.groupby("index")["value"].first().reindex(mean.index)
+            ax.plot(axis.to_numpy(), mean.to_numpy(), marker="o", markersize=3, color=colors[model], label=model)
+        ax.set_xlabel("step along a filter-normalised direction")
+        ax.set_ylabel("training loss (+ L2)")
+        ax.set_title("1-D loss landscape")
+        ax.legend(fontsize=8)
+    if not surfaces.empty:
+        for ax, model in zip(axes, models):
+            s = surfaces[surfaces["model"] == model]
+            a = alphas[alphas["trial_id"].isin(s["trial_id"])].groupby("index")["value"].first().sort_index()
+            if s.empty or a.empty:
+                no_data(ax, f"{model} 2-D landscape")
+                continue
+            n = len(a)
+            z = s.groupby("index")["value"].mean().reindex(range(n * n)).to_numpy().reshape(n, n)
+            grid = a.to_numpy()
+            levels = np.linspace(np.nanmin(z), np.nanmax(z), 15)
+            cs = ax.contour(grid, grid, z.T, levels=levels, cmap="viridis", linewidths=1.0)
+            ax.clabel(cs, cs.levels[::3], fontsize=7, fmt="%.2g")
+            ax.plot([0], [0], marker="+", color="k")
+            ax.set_title(f"{model}: 2-D loss landscape")
+            ax.set_xlabel("direction 1")
+            ax.set_ylabel("direction 2")
+            ax.set_aspect("equal")
+    return fig

@@ -1,0 +1,99 @@
+"""`bench results plot`: a sweep's figures from the result store, as PNG and SVG files.
+
+One figure of accuracy and NLL against the training-set size per model (mean +- std over
+seeds, from the trials table), and one per analysis present in the analysis table, drawn
+by the plot function the analysis registered (`bench.analysis.registry.register_plot`),
+from its rows joined with the trials' model, dataset, train_size, n_train, seed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import pandas as pd
+
+from bench.errors import BenchInputError
+
+FORMATS = ("png", "svg")
+#: Trial columns joined onto analysis rows for the plot functions.
+TRIAL_COLUMNS = ("trial_id", "model", "dataset", "train_size", "n_train", "seed", "stage", "transfer")
+
+
+def latest_ok_trials(trials: pd.DataFrame) -> pd.DataFrame:
+    """Each trial's latest row, kept when its status is ok."""
+    if trials.empty:
+        return trials
+    if "finished_at" in trials.columns:
+        trials = trials.sort_values("finished_at")
+    latest = trials.drop_duplicates("trial_id", keep="last")
+    return latest[latest["status"] == "ok"]
+
+
+def plot_scaling(trials: pd.DataFrame) -> Any:
+    """Test accuracy and test NLL against the number of training images, one line per model."""
+    from bench.analysis.figures import band, mean_std, model_colors, new_figure
+
+    fig, (acc_ax, nll_ax) = new_figure(1, 2, width=11.0, height=4.2)
+    frame = trials.copy()
+    frame["x"] = frame["n_train"].fillna(frame["train_size"]) if "n_train" in frame else frame["train_size"]
+    colors = model_colors(sorted(frame["model"].unique()))
+    for column, ax, scale, label in ((("test_acc", acc_ax, 100.0, "test accuracy (%)")),
+                                     (("test_loss", nll_ax, 1.0, "test NLL"))):
+        stats = mean_std(frame.dropna(subset=[column]), ["model", "x"], column)
+        for model, group in stats.groupby("model"):
+            group = group.sort_values("x")
+            band(ax, group["x"].to_numpy(float), scale * group["mean"].to_numpy(), scale * group["std"].to_numpy(),
+                 colors[model], f"{model} (n={int(group['count'].max())} per point)")
+        if frame["x"].nunique() > 1 and (frame["x"] > 0).all():
+            ax.set_xscale("log")
+        ax.set_xlabel("training images")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    acc_ax.set_title("Accuracy vs training-set size")
+    nll_ax.set_title("NLL vs training-set size")
+    acc_ax.legend(fontsize=8)
+    return fig
+
+
+def analysis_frames(trials: pd.DataFrame, analysis: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Analysis rows of ok trials joined with their trial columns, per analysis name."""
+    if analysis.empty:
+        return {}
+    columns = [c for c in TRIAL_COLUMNS if c in trials.columns]
+    joined = analysis.merge(trials[columns], on="trial_id", how="inner")
+    return {name: group.reset_index(drop=True) for name, group in joined.groupby("analysis")}
+
+
+def save(fig: Any, out_dir: Path, stem: str, formats: Sequence[str]) -> list[Path]:
+    paths = []
+    for fmt in formats:
+        path = out_dir / f"{stem}.{fmt}"
+        fig.savefig(path, dpi=150 if fmt == "png" else None)
+        paths.append(path)
+    return paths
+
+
+def plot_sweep(results_dir: str | Path, sweep: str, out_dir: str | Path,
+               formats: Sequence[str] = FORMATS) -> list[Path]:
+    """Write the sweep's figures under `out_dir`; the paths written, scaling figure first."""
+    from bench.analysis import analysis_entry, list_analyses
+    from bench.store import ResultStore
+
+    unknown = sorted(set(formats) - set(FORMATS))
+    if unknown:
+        raise BenchInputError(f"--format {', '.join(unknown)}: expected png or svg")
+    store = ResultStore(str(results_dir), sweep)
+    trials = latest_ok_trials(store.read("trials"))
+    if trials.empty:
+        raise BenchInputError(f"{sweep}: no ok trials under {results_dir}/{sweep} (bench results ls lists the sweeps)")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = save(plot_scaling(trials), out, "accuracy_vs_train_size", formats)
+    known = set(list_analyses())
+    for name, frame in sorted(analysis_frames(trials, store.read("analysis")).items()):
+        entry = analysis_entry(name) if name in known else None
+        if entry is None or entry.plot is None:
+            continue
+        paths += save(entry.plot(frame), out, name, formats)
+    return paths

@@ -1,0 +1,123 @@
+"""Patch association (Def. 2.2) as a metric, and pa_theory learning it from its defaults."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bench.analysis.attention import patch_association
+from bench.data import load_splits, resolve_dataset
+from bench.models import create_model
+from bench.spec import parse_sweep
+from bench.train import run_trial
+
+PARTITION = [[0, 3], [1, 5], [2, 4]]
+
+
+def block_scores(partition: list[list[int]], within: float = 2.0, diag: float = 9.0) -> torch.Tensor:
+    d = sum(len(s) for s in partition)
+    scores = torch.zeros(d, d)
+    for members in partition:
+        for i in members:
+            for j in members:
+                scores[i, j] = within
+    return scores.fill_diagonal_(diag)
+
+
+def test_perfect_scores_associate_and_the_diagonal_does_not_count() -> None:
+    result = patch_association(block_scores(PARTITION), PARTITION)
+    assert result == {"exact": 1.0, "soft": 1.0, "gap": 2.0}
+    # A huge diagonal with nothing learned off it is not association.
+    blank = torch.zeros(6, 6).fill_diagonal_(100.0)
+    blank[0, 1] = 1.0  # row 0 prefers patch 1, which is not in its set
+    assert patch_association(blank, PARTITION)["exact"] == 5 / 6
+
+
+def test_wrong_and_random_scores() -> None:
+    wrong = [[0, 1], [2, 3], [4, 5]]
+    result = patch_association(block_scores(wrong), PARTITION)
+    assert result["exact"] == 0.0 and result["soft"] == 0.0 and result["gap"] < 0
+    torch.manual_seed(0)
+    d, partition = 40, [list(range(i, i + 4)) for i in range(0, 40, 4)]
+    soft = sum(patch_association(torch.randn(d, d), partition)["soft"] for _ in range(20)) / 20
+    assert abs(soft - 3 / 39) < 0.03  # chance: (C - 1) / (D - 1)
+
+
+def test_partition_must_cover_the_rows() -> None:
+    with pytest.raises(ValueError, match="partition"):
+        patch_association(torch.zeros(4, 4), [[0, 1], [2]])
+
+
+# ----------------------------------------------------------------------------- pa_theory
+
+PAPER = {"name": "spatial", "num_patches": 10, "patch_dim": 10, "set_size": 2, "partition": "random",
+         "num_train": 16384, "num_test": 16384}
+
+
+def _masks(partition: list[list[int]], d: int) -> tuple[torch.Tensor, torch.Tensor]:
+    same = torch.zeros(d, d, dtype=torch.bool)
+    for members in partition:
+        same[torch.tensor(members)[:, None], torch.tensor(members)[None, :]] = True
+    eye = torch.eye(d, dtype=torch.bool)
+    return same & ~eye, ~same
+
+
+def _descent_on_A(model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    model.zero_grad()
+    F.cross_entropy(model(x), y).backward()
+    return -model.attn.offdiag.grad
+
+
+def test_pa_theory_gradient_at_init_separates_within_from_between_set_entries() -> None:
+    splits = load_splits(resolve_dataset(PAPER), "patches")
+    x, y, partition = splits.train_x, splits.train_y, splits.meta["partition"]
+    within, between = _masks(partition, 10)
+
+    # The symmetric init (every logit equal) carries no information about the partition.
+    torch.manual_seed(0)
+    symmetric = create_model("pa_theory", 2, img_size=10, in_chans=10, diag_logit=0.0)
+    step = _descent_on_A(symmetric, x, y)
+    assert abs(step[within].mean() - step[between].mean()) < 1e-6
+
+    # The default init (diagonal sqrt(d) above the rest): the entries separate. At v's own
+    # init they already differ; once v points along w* (the first phase, tens of steps),
+    # every within-set entry gets a larger descent step than any between-set entry.
+    torch.manual_seed(0)
+    model = create_model("pa_theory", 2, img_size=10, in_chans=10)
+    step = _descent_on_A(model, x, y)
+    assert abs(step[within].mean() - step[between].mean()) > 10 * step[between].std() / between.sum() ** 0.5
+    with torch.no_grad():
+        model.v.copy_(torch.tensor(splits.meta["feature"]) * model.v.norm())
+    step = _descent_on_A(model, x, y)
+    assert step[within].min() > step[between].max()
+
+
+@pytest.mark.slow
+def test_pa_theory_learns_the_partition_and_beats_counting_with_full_batch_gd() -> None:
+    """Plain full-batch GD at one learning rate, from the model's defaults, through the trial worker."""
+    sweep = parse_sweep({
+        "name": "pa-learns",
+        "dataset": PAPER,
+        "model": "pa_theory",
+        "train": {"epochs": 1000, "batch_size": "full", "optimizer": "sgd", "momentum": 0.0, "lr": 0.02,
+                  "weight_decay": 0.0, "schedule": "constant"},
+        "analysis": [{"patch_association": {"at": ["end"], "maps": False}}],
+        "grid": {"model_args.learn_attention": [True, False]},
+    }, overrides=[])
+    learned, frozen = sweep.trials
+    assert frozen["model_args"] == {"learn_attention": False}
+    frozen["train"]["epochs"] = 300  # A frozen: v alone converges long before this
+
+    baselines = {"counting": 0.8338, "bayes": 0.8961}
+    result = run_trial(learned, device="cpu")
+    final = {r["metric"]: r["value"] for r in result["analysis"] if r["epoch"] == 1000}
+    assert final["exact"] == 1.0, final
+    assert final["cos_v_w"] > 0.9, final
+    assert result["test_acc"] >= baselines["counting"] + 0.05, result["test_acc"]
+    assert result["recorded"]["param_groups"]["decay"] == []  # weight_decay 0, and A is never decayed
+
+    control = run_trial(frozen, device="cpu")
+    assert control["recorded"]["param_groups"]["frozen"] == ["attn.offdiag"]
+    # At or below counting, up to the test set's sampling error (16384 samples: 0.3 points).
+    assert control["test_acc"] <= baselines["counting"] + 0.005, control["test_acc"]

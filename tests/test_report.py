@@ -1,0 +1,153 @@
+"""`bench report`: the page's tables are the store's numbers; one file that reads offline; its Markdown twin."""
+
+from __future__ import annotations
+
+import base64
+import re
+import sys
+import types
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from bench.cli import main
+from bench.perf.store import synthetic_row
+from bench.report import write_report
+from bench.store import ResultStore
+
+SWEEP = "jelassi2022-real-data"
+PNG = base64.b64decode(  # a 1x1 PNG
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==")
+
+
+class Tables(HTMLParser):
+    """Each <table data-metric=...> of the page as {metric: {(row, col): cell text}}."""
+
+    def __init__(self):
+        super().__init__()
+        self.tables: dict[str, dict[tuple[str, str], str]] = {}
+        self.metric = None
+        self.header: list[str] = []
+        self.row: list[str] = []
+        self.text = None
+        self.in_head = False
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "table" and "data-metric" in attrs:
+            self.metric = attrs["data-metric"] + ":" + attrs["data-cols"] + f":{len(self.tables)}"
+            self.tables[self.metric] = {}
+            self.header = []
+        elif tag == "thead":
+            self.in_head = True
+        elif tag == "tr":
+            self.row = []
+        elif tag in ("td", "th") and self.metric:
+            self.text = ""
+        elif tag == "span" and self.text is not None:
+            self.text += " | "
+
+    def handle_data(self, data):
+        if self.text is not None:
+            self.text += data
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th") and self.text is not None:
+            self.row.append(self.text.strip())
+            self.text = None
+        elif tag == "tr" and self.metric:
+            if self.in_head:
+                self.header = self.row
+            else:
+                for col, cell in zip(self.header[1:], self.row[1:]):
+                    self.tables[self.metric][(self.row[0], col)] = cell
+        elif tag == "thead":
+            self.in_head = False
+        elif tag == "table":
+            self.metric = None
+
+
+@pytest.fixture()
+def store(tmp_path):
+    s = ResultStore(tmp_path, SWEEP)
+    i = 0
+    for model in ("vit_s", "vit_s_pos"):
+        for dataset in ("cifar10", "svhn"):
+            for seed in range(3):
+                acc = 0.80 + 0.05 * (model == "vit_s_pos") + 0.1 * (dataset == "svhn") + 0.01 * seed
+                s.write_trial(synthetic_row(SWEEP, i, test_acc=acc, model=model, dataset={"name": dataset},
+                                            train_size=1.0, seed=seed, model_args={"depth": 7, "patch_size": 4}))
+                i += 1
+    s.write_trial(synthetic_row(SWEEP, 99, status="failed", model="vit_s", dataset={"name": "svhn"},
+                                train_size=1.0, seed=7, model_args={"depth": 7, "patch_size": 4}))
+    return tmp_path
+
+
+@pytest.fixture()
+def fake_plots(monkeypatch):
+    """`bench.plots.plot_sweep` with its agreed signature, writing one PNG and one SVG."""
+    module = types.ModuleType("bench.plots")
+
+    def plot_sweep(results_dir, sweep, out_dir, formats=("png", "svg")):
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "test_acc.png").write_bytes(PNG)
+        (out_dir / "test_acc.svg").write_text('<svg xmlns="http://www.w3.org/2000/svg" width="1" height="1"/>')
+        return [out_dir / "test_acc.png", out_dir / "test_acc.svg"]
+
+    module.plot_sweep = plot_sweep
+    monkeypatch.setitem(sys.modules, "bench.plots", module)
+
+
+def test_report_tables_are_the_store_numbers(store, tmp_path, fake_plots):
+    html_path, md_path = write_report(SWEEP, str(store), str(tmp_path / "out"))
+    page = html_path.read_text()
+    parser = Tables()
+    parser.feed(page)
+    plain = pd.read_parquet(store / SWEEP / "trials")
+    ok = plain[plain["status"] == "ok"]
+    expected = ok.groupby(["model", "dataset"])["test_acc"].agg(["mean", "std", "count"])
+    acc = next(v for k, v in parser.tables.items() if k.startswith("test_acc:dataset"))
+    assert len(acc) == len(expected) == 4
+    for (model, dataset), e in expected.iterrows():
+        cell = acc[(model, dataset)]
+        assert cell.startswith(f"{100 * e['mean']:.1f} ± {100 * e['std']:.1f} (n={int(e['count'])})"), cell
+    # the paper's number side by side: vit_s on cifar10 is ≈90.2% (figure)
+    mean = ok[(ok.model == "vit_s") & (ok.dataset == "cifar10")]["test_acc"].mean()
+    assert acc[("vit_s", "cifar10")].endswith(f"paper ≈90.2% (figure), Δ {100 * (mean - 0.902):+.1f} pt")
+    loss = next(v for k, v in parser.tables.items() if k.startswith("test_loss:dataset"))
+    e = ok[(ok.model == "vit_s_pos") & (ok.dataset == "svhn")]["test_loss"]
+    assert loss[("vit_s_pos", "svhn")] == f"{e.mean():.4f} ± {e.std():.4f} (n=3)"
+    assert "12 ok, 1 failed" in page.replace("13 trials (", "")
+
+
+def test_report_is_one_offline_page_with_figures_sweep_environment_and_references(store, tmp_path, fake_plots):
+    html_path, md_path = write_report(SWEEP, str(store), str(tmp_path / "out"))
+    page = html_path.read_text()
+    assert re.search(r'<img alt="test_acc" src="data:image/png;base64,', page)
+    assert not re.search(r'(src|href)="(https?:)?//', page)  # nothing fetched: reads offline
+    assert "<style>" in page and "<link" not in page and "<script" not in page
+    assert "grid:" in page and "model:" in page and "dataset.name" in page  # sweep rebuilt from the configs
+    assert "torch" in page and "git commit" in page and "ray" in page
+    assert "jelassi2022-real-data" in page and "≈97.3%" in page  # the experiment's reference rows
+    md = md_path.read_text()
+    assert "![test_acc](figures/test_acc.png)" in md and (tmp_path / "out" / "figures" / "test_acc.png").exists()
+    assert "| vit_s " in md and "(n=3) · paper ≈90.2% (figure)" in md and "```yaml" in md
+
+
+def test_cli_report_with_the_sweep_file_and_without_plots(store, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "bench.plots", None)  # as before bench.plots exists: import fails
+    sweep_file = tmp_path / "s.yaml"
+    sweep_file.write_text(f"name: {SWEEP}\ndataset: {{name: cifar10}}\ngrid:\n  model: [vit_s]\n  seed: [0]\n")
+    assert main(["report", SWEEP, "--results", str(store), "--out", str(tmp_path / "r")]) == 0
+    assert "report.html" in capsys.readouterr().out
+    page = (tmp_path / "r" / "report.html").read_text()
+    assert "no figures: bench.plots is not available" in page
+    html_path, _ = write_report(SWEEP, str(store), str(tmp_path / "f"), sweep_file=str(sweep_file))
+    page = html_path.read_text()
+    assert f"sweep file {sweep_file}" in page and "model: [vit_s]" in page  # the file itself, verbatim
+    assert main(["report", "nope", "--results", str(store)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "nope: no sweep of that name" in err

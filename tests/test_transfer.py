@@ -1,0 +1,164 @@
+"""Transfer settings: multi-stage sweep files, the transfer modes, and a real two-stage sweep on Ray."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from bench.cli import main
+from bench.errors import BenchInputError
+from bench.spec import parse_sweep
+from bench.store import ResultStore
+from bench.train import run_trial
+from bench.transfer import freeze_for_mode, load_source_weights, mode_problem
+from bench.models import create_model
+
+from tests.conftest import mlflow_runs
+
+PATCHES = {"name": "spatial", "num_patches": 10, "patch_dim": 10, "set_size": 2, "partition": "random",
+           "num_train": 512, "num_test": 256}
+GD = {"epochs": 5, "batch_size": "full", "optimizer": "sgd", "momentum": 0.0, "lr": 0.02, "weight_decay": 0.0,
+      "schedule": "constant"}
+
+
+def two_stage(**downstream) -> dict:
+    return {
+        "name": "tr",
+        "dataset": PATCHES,
+        "model": "pa_theory",
+        "train": GD,
+        "stages": [
+            {"name": "pretrain", "grid": {"seed": [0, 1]}},
+            {"name": "downstream", "source": "pretrain", "dataset": {"feature_seed": 1},
+             "grid": {"transfer": ["scratch", "freeze_attention"], "train_size": [16, 64], "seed": [0, 1]},
+             **downstream},
+        ],
+    }
+
+
+def test_stages_expand_in_order_and_link_each_trial_to_its_source() -> None:
+    sweep = parse_sweep(two_stage())
+    assert sweep.stages == ["pretrain", "downstream"] and sweep.sources == {"downstream": "pretrain"}
+    pre, down = sweep.stage_trials("pretrain"), sweep.stage_trials("downstream")
+    assert len(pre) == 2 and len(down) == 8
+    by_seed = {t["seed"]: t["trial_id"] for t in pre}
+    for trial in down:
+        assert trial["source"] == by_seed[trial["seed"]]  # matched on the shared grid key: seed
+        assert trial["dataset"]["feature_seed"] == 1 and trial["dataset"]["num_patches"] == 10
+    assert all(t["transfer"] is None and t["source"] is None for t in pre)
+    assert len({t["trial_id"] for t in sweep.trials}) == 10
+    assert sweep.source_stages == {"pretrain"}
+
+
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        ({"source": "pretrian"}, "stages.downstream.source: unknown stage 'pretrian'; did you mean 'pretrain'?"),
+        ({"grid": {"transfer": ["frozen"], "seed": [0, 1]}}, "unknown transfer mode 'frozen'"),
+        ({"grid": {"transfer": ["linear_probe"], "seed": [0, 1]}}, "linear_probe trains only a classifier"),
+        ({"grid": {"transfer": ["finetune"]}}, "2 source trials match pa_theory"),
+        ({"grid": {"transfer": ["finetune"], "seed": [5]}}, "no source trial matches pa_theory seed=5"),
+        ({"model": "resnet18", "dataset": {"name": "spatial"}, "grid": {"transfer": ["finetune"], "seed": [0]}},
+         "no source trial matches resnet18"),
+    ],
+)
+def test_bad_stages_are_input_errors(change: dict, expected: str) -> None:
+    raw = two_stage(**change)
+    with pytest.raises(BenchInputError) as info:
+        parse_sweep(raw, source="s.yaml")
+    assert expected in str(info.value) and "\n" not in str(info.value)
+
+
+def test_cycles_modes_that_do_not_fit_and_transfer_without_source() -> None:
+    cycle = {"name": "c", "model": "pa_theory", "dataset": PATCHES,
+             "stages": [{"name": "a", "source": "b"}, {"name": "b", "source": "a"}]}
+    with pytest.raises(BenchInputError, match="the sources form a cycle"):
+        parse_sweep(cycle)
+    resnet = {"name": "r", "model": "resnet18", "dataset": {"name": "spatial"},
+              "stages": [{"name": "a"}, {"name": "b", "source": "a", "transfer": "freeze_attention"}]}
+    with pytest.raises(BenchInputError, match="freeze_attention needs a model with attention; resnet18 has none"):
+        parse_sweep(resnet)
+    with pytest.raises(BenchInputError, match="a transfer mode needs a stage with a 'source'"):
+        parse_sweep({"name": "x", "model": "resnet18", "transfer": "finetune"})
+    assert mode_problem("freeze_backbone", "resnet18") is None and mode_problem("linear_probe", "vit_ti") is None
+
+
+def test_modes_freeze_what_they_say_and_a_new_head_when_classes_change() -> None:
+    source = create_model("vit_ti_pos", 10, img_size=16, patch_size=4, depth=2, dim=32, heads=2)
+    target = create_model("vit_ti_pos", 4, img_size=16, patch_size=4, depth=2, dim=32, heads=2)
+    assert load_source_weights(target, source.state_dict()) == ["head.weight", "head.bias"]
+    assert torch.equal(target.stem.pos_embed, source.stem.pos_embed)
+    frozen = freeze_for_mode(target, "freeze_attention")
+    assert frozen == sorted(n for n, _ in target.attention_parameters())
+    probe = create_model("resnet18", 10, width=8)
+    trainable = set(n for n, p in probe.named_parameters() if p.requires_grad) - set(freeze_for_mode(probe, "linear_probe"))
+    assert trainable == {"fc.weight", "fc.bias"}
+
+
+def test_finetune_from_source_weights_in_the_worker_keeps_frozen_parameters_bit_identical() -> None:
+    sweep = parse_sweep(two_stage())
+    pretrain = sweep.stage_trials("pretrain")[0]
+    source = create_model("pa_theory", 2, img_size=10, in_chans=10)
+    with torch.no_grad():
+        source.attn.offdiag.normal_()
+    state = {k: v.clone() for k, v in source.state_dict().items()}
+    frozen_trial = next(t for t in sweep.stage_trials("downstream")
+                        if t["transfer"] == "freeze_attention" and t["source"] == pretrain["trial_id"])
+    captured = {}
+    run_trial(frozen_trial, device="cpu", source_state=state,
+              on_epoch=lambda row, get_state: captured.update(get_state()["model"]))
+    assert torch.equal(captured["attn.offdiag"], state["attn.offdiag"])  # frozen: bit-identical
+    assert not torch.equal(captured["v"], state["v"])  # trained
+
+
+@pytest.mark.slow
+def test_two_stage_sweep_on_ray_transfers_weights_and_resumes_without_retraining(ray_local, tmp_path):
+    raw = two_stage()
+    raw["keep_weights"] = True  # keep the downstream weights too, to compare them with their sources
+    raw["stages"][1]["grid"] = {"transfer": ["finetune", "freeze_attention"], "train_size": [64], "seed": [0, 1]}
+    path = tmp_path / "tr.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    results = tmp_path / "results"
+    assert main(["run", str(path), "--results", str(results)]) == 0
+
+    store = ResultStore(results, "tr")
+    trials = pd.read_parquet(results / "tr" / "trials").set_index("trial_id")
+    assert len(trials) == 6 and set(trials.status) == {"ok"}
+    down = trials[trials.stage == "downstream"]
+    assert set(down.transfer) == {"finetune", "freeze_attention"}
+    for tid, row in down.iterrows():
+        source = trials.loc[row.source_trial_id]
+        assert source.stage == "pretrain" and source.seed == row.seed  # linked to its own source
+        before, after = store.read_model(row.source_trial_id), store.read_model(tid)
+        config = json.loads(row.config)
+        if row.transfer == "freeze_attention":
+            assert torch.equal(after["attn.offdiag"], before["attn.offdiag"])  # its own source's A, untouched
+            assert config["recorded"]["param_groups"]["frozen"] == ["attn.offdiag"]
+        else:
+            assert not torch.equal(after["attn.offdiag"], before["attn.offdiag"])
+            assert config["recorded"]["param_groups"]["frozen"] == []
+        assert not torch.equal(after["v"], before["v"])
+    # The two sources differ, so loading the wrong one would have been caught above.
+    sources = list(trials[trials.stage == "pretrain"].index)
+    assert not torch.equal(store.read_model(sources[0])["v"], store.read_model(sources[1])["v"])
+
+    children, _ = mlflow_runs(f"sqlite:///{results}/mlflow.db", "tr")
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{results}/mlflow.db")
+    source_runs = [r for r in children if r.data.tags["trial_id"] in sources]
+    assert len(source_runs) == 2
+    for run in source_runs:
+        assert [a.path for a in client.list_artifacts(run.info.run_id, "model")] == [f"model/{run.data.tags['trial_id']}.pt"]
+
+    # A later launch (after an interruption in stage 2, or a changed stage 2) retrains nothing of stage 1.
+    stamps = {p.name: p.stat().st_mtime_ns for p in (results / "tr" / "trials").iterdir()}
+    (results / "tr" / "trials" / f"{down.index[0]}.parquet").unlink()  # as if stage 2 was cut short
+    assert main(["run", str(path), "--results", str(results)]) == 0
+    after = {p.name: p.stat().st_mtime_ns for p in (results / "tr" / "trials").iterdir()}
+    assert {n: after[n] for n in after if n[:-8] in sources} == {n: stamps[n] for n in stamps if n[:-8] in sources}
+    assert f"{down.index[0]}.parquet" in after and len(after) == 6
