@@ -98,6 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
     compact = rsub.add_parser("compact", help="merge a sweep's per-trial files into one part file (safe while it runs)")
     compact.add_argument("sweep", help="sweep name")
     _results_flag(compact)
+    plot = rsub.add_parser("plot", help="figures (PNG/SVG): accuracy vs training-set size, one per analysis")
+    plot.add_argument("sweep", help="sweep name (or its sweep file)")
+    _results_flag(plot)
+    plot.add_argument("--out", help="output folder (default <results>/<sweep>/figures)")
+    plot.add_argument("--format", dest="formats", action="append", choices=("png", "svg"),
+                      help="figure format (repeatable; default: png and svg)")
 
     report = sub.add_parser("report", help="one HTML page (+ Markdown): tables, figures, sweep, environment, paper numbers")
     report.add_argument("sweep", help="sweep name (or its sweep file)")
@@ -217,6 +223,14 @@ def cmd_results(args: argparse.Namespace) -> int:
         for r in compact_sweep(args.results, args.sweep):
             kept = f", {r.kept_newer} newer files kept" if r.kept_newer else ""
             print(f"{args.sweep}/{r.table}: {r.merged_files} files merged into {r.part or '(nothing to do)'}, {r.rows} rows{kept}")
+        return EXIT_OK
+    if args.results_command == "plot":
+        from bench.plots import plot_sweep
+
+        name, _ = _sweep_selection(args.sweep)
+        out = args.out or str(Path(args.results) / name / "figures")
+        for path in plot_sweep(args.results, name, out, formats=tuple(args.formats or ("png", "svg"))):
+            print(f"wrote {path}")
         return EXIT_OK
     if args.results_command == "ls":
         names = list_sweeps(args.results)

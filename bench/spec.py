@@ -271,7 +271,8 @@ def _check_stage_order(specs: list[StageSpec], source: str) -> None:
 
 def _stage_fields(defaults: dict[str, Any], spec: StageSpec) -> dict[str, Any]:
     """The sweep's top-level fields with the stage's on top: `train` and `model_args` merge key by key,
-    `dataset` too unless the stage names another dataset, the rest replace."""
+    `dataset` too unless the stage names another dataset (then only `root`/`download` carry over),
+    the rest (grid included) replace."""
     merged = copy.deepcopy(defaults)
     given = spec.model_dump(exclude_unset=True, exclude={"name", "source"})
     for key, value in given.items():
@@ -279,9 +280,15 @@ def _stage_fields(defaults: dict[str, Any], spec: StageSpec) -> dict[str, Any]:
         same_dataset = key == "dataset" and isinstance(base, dict) and value.get("name", base.get("name")) == base.get("name")
         if key in ("train", "model_args") and isinstance(base, dict) or same_dataset:
             merged[key] = {**base, **value}
+        elif key == "dataset" and isinstance(base, dict):  # another dataset: only where data lives carries over
+            merged[key] = {**{k: base[k] for k in DATA_LOCATION_KEYS if k in base}, **value}
         else:
             merged[key] = value
     return merged
+
+
+#: Dataset options that say where data is, not what it is: `--set dataset.root=...` reaches every stage.
+DATA_LOCATION_KEYS = ("root", "download")
 
 
 def _grid_fields(grid: dict[str, list[Any]]) -> set[str]:
@@ -534,16 +541,27 @@ def trial_id(config: dict[str, Any]) -> str:
 
 
 def _set_dotted(target: dict[str, Any], key: str, value: Any) -> None:
+    """Set `a.b.c` in nested mappings; a number indexes a list (`--set stages.1.grid.seed=[0]`)."""
     parts = key.split(".")
-    node = target
-    for part in parts[:-1]:
-        child = node.get(part)
-        if child is None:
-            child = node[part] = {}
-        if not isinstance(child, dict):
-            raise BenchInputError(f"{key}: '{part}' is not a mapping, so it has no field '{parts[-1]}'")
-        node = child
-    node[parts[-1]] = value
+    node: Any = target
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise BenchInputError(f"{key}: '{part}' is not an index of a list of {len(node)}")
+            if last:
+                node[int(part)] = value
+                return
+            node = node[int(part)]
+            continue
+        if not isinstance(node, dict):
+            raise BenchInputError(f"{key}: '{parts[i - 1]}' is not a mapping, so it has no field '{part}'")
+        if last:
+            node[part] = value
+            return
+        if node.get(part) is None:
+            node[part] = {}
+        node = node[part]
 
 
 def _describe(exc: ValidationError, prefix: str = "") -> str:

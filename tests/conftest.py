@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -55,11 +56,15 @@ def mlflow_server(tmp_path_factory):
          "--backend-store-uri", f"sqlite:///{root}/server.db", "--default-artifact-root", str(root / "artifacts"),
          "--workers", "1"],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        # No background job runner: it forks workers that outlive a failed start.
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
     )
     uri = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if proc.poll() is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, 9)
             raise RuntimeError(f"mlflow server exited: {(root / 'server.log').read_text()[-2000:]}")
         try:
             urllib.request.urlopen(f"{uri}/health", timeout=2)
@@ -67,7 +72,7 @@ def mlflow_server(tmp_path_factory):
         except OSError:
             time.sleep(0.5)
     else:
-        proc.kill()
+        os.killpg(proc.pid, 9)  # the whole group: the server's workers too
         raise RuntimeError("mlflow server did not come up in 120 s")
     yield uri
     os.killpg(proc.pid, 15)

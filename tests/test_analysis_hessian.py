@@ -41,13 +41,18 @@ def largest_magnitude(hessian: torch.Tensor, k: int) -> list[float]:
     return sorted(values, key=lambda v: -abs(v))[:k]
 
 
-@pytest.mark.parametrize("name, model_args", [
-    ("vit_ti", dict(img_size=4, patch_size=2, depth=1, dim=4, heads=2)),
-    ("resnet18", dict(img_size=4, width=2)),
+@pytest.mark.parametrize("name, model_args, trainable", [
+    ("vit_ti", dict(img_size=4, patch_size=2, depth=1, dim=4, heads=2), None),
+    # ResNet-18 is too big for an exact Hessian: only its stem, first stage and head train.
+    ("resnet18", dict(img_size=4, width=2), ("stem.", "stages.0.", "fc.")),
 ])
-def test_top_eigenvalues_match_the_exact_hessian(name, model_args):
+def test_top_eigenvalues_match_the_exact_hessian(name, model_args, trainable):
     torch.manual_seed(0)
     model = create_model(name, num_classes=3, **model_args)
+    if trainable:
+        for n, p in model.named_parameters():
+            p.requires_grad_(n.startswith(trainable))
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) < 600
     model.train()
     batch = (torch.randn(8, 3, 4, 4), torch.randint(0, 3, (8,)))
     before = model_state(model)
@@ -70,7 +75,7 @@ def test_block_power_iteration_separates_close_eigenvalues_of_both_signs():
                                       generator=gen)
     assert all(result.converged)
     assert result.eigenvalues == pytest.approx([10.0, -9.99, 9.9, -5.0], rel=1e-3)
-    assert result.hvps == sum([]) + result.hvps and result.hvps_per_eigenvalue == result.hvps / 4
+    assert result.hvps_per_eigenvalue == result.hvps / 4
 
 
 def test_l2_term_shifts_the_decayed_directions_by_the_weight_decay():
@@ -84,11 +89,11 @@ def test_l2_term_shifts_the_decayed_directions_by_the_weight_decay():
 
 
 def test_hessian_analysis_records_spectrum_summaries_and_cost():
-    data = tiny_data()
-    model = tiny_model("resnet18")
+    data = tiny_data(size=8)
+    model = tiny_model("resnet18", size=8)
     ctx = context(model, data)
     before = model_state(model)
-    spec = resolve_analyses([{"hessian": {"n_batches": 2, "k": 2, "batch_size": 8, "max_iter": 30}}], "resnet18", "cifar10")[0]
+    spec = resolve_analyses([{"hessian": {"n_batches": 2, "k": 2, "batch_size": 8, "max_iter": 8}}], "resnet18", "cifar10")[0]
     assert spec["options"]["tol"] == 1e-3 and spec["options"]["l2"] is True  # every option recorded
     rows = run_analysis(spec, ctx)
     by = lambda metric: [r for r in rows if r["metric"] == metric]  # noqa: E731

@@ -125,7 +125,7 @@ def test_readers_never_see_a_trial_twice_or_miss_one_while_writers_and_compactio
     for t in threads:
         t.start()
     reads = 0
-    deadline = time.monotonic() + 6
+    deadline = time.monotonic() + 4
     try:
         while time.monotonic() < deadline:
             with lock:
@@ -166,12 +166,12 @@ def test_store_perf_suite_quick_run(monkeypatch, tmp_path):
     from bench.perf import list_suites, run_perf
     import json
 
-    monkeypatch.setenv("BENCH_PERF_STORE_TRIALS", "200")
+    monkeypatch.setenv("BENCH_PERF_STORE_TRIALS", "60")
     assert "store" in list_suites()
     out = tmp_path / "perf.json"
     assert run_perf(["store"], quick=True, out=str(out)) == 0
     suite = json.loads(out.read_text())["suites"]["store"]
     names = [r["name"] for r in suite["rows"]]
-    assert names[0] == "write 200 trial files (process pool)" and "compact 200 trial files" in names
+    assert names[0] == "write 60 trial files (process pool)" and "compact 60 trial files" in names
     assert any(n.startswith("`bench results sql` command") for n in names)
-    assert all(r["median"] > 0 and r["unit"] == "s" for r in suite["rows"]) and suite["settings"]["trials"] == 200
+    assert all(r["median"] > 0 and r["unit"] == "s" for r in suite["rows"]) and suite["settings"]["trials"] == 60

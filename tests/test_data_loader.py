@@ -232,3 +232,30 @@ def test_a_trial_runs_the_paper_recipe_on_cifar_files(tmp_path):
     result = run_trial(sweep.trials[0], device="cpu")
     assert result["n_train"] == 20 and result["epochs"] == 1
     assert np.isfinite(result["train_loss"]) and 0 <= result["test_acc"] <= 1
+
+
+def test_block_shuffled_data_is_augmented_in_image_space_then_shuffled_again():
+    """Crop offsets that are not multiples of the block, and flips, would change the tiles of
+    shuffled images; the loader undoes the shuffle, augments, and shuffles again, so a
+    shuffled batch is exactly the shuffle of the augmented natural batch."""
+    from bench.data.shuffle import BlockShuffle, block_shuffle
+
+    natural = images(24)
+    shuffled = block_shuffle(natural, 8, seed=3)
+    shuffle = BlockShuffle(8, 3, 32)
+    assert torch.equal(shuffle.shuffle(natural), shuffled) and torch.equal(shuffle.unshuffle(shuffled), natural)
+    norm = Normalizer(MEAN, STD, "cpu", image=True)
+    augment = ["crop", "flip", "cutmix"]
+
+    def batches(x, block_shuffle):
+        gen = torch.Generator().manual_seed(11)
+        loader = DeviceLoader(x, torch.arange(24) % 3, 8, norm, augment, gen, num_classes=3,
+                              block_shuffle=block_shuffle)
+        return list(loader)
+
+    for (plain_x, plain_y), (shuf_x, shuf_y) in zip(batches(natural, None), batches(shuffled, shuffle)):
+        assert torch.equal(shuf_x, shuffle.shuffle(plain_x)) and torch.equal(shuf_y, plain_y)
+    # Without spatial augmentation there is nothing to undo: the stored shuffled pixels are served.
+    loader = DeviceLoader(shuffled, torch.zeros(24, dtype=torch.long), 24, norm, [], None, shuffle=False,
+                          block_shuffle=shuffle)
+    assert loader.block_shuffle is None and torch.equal(next(iter(loader))[0], norm(shuffled))

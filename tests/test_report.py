@@ -123,17 +123,19 @@ def test_report_tables_are_the_store_numbers(store, tmp_path, fake_plots):
     assert "12 ok, 1 failed" in page.replace("13 trials (", "")
 
 
-def test_report_is_one_offline_page_with_figures_sweep_environment_and_references(store, tmp_path, fake_plots):
-    html_path, md_path = write_report(SWEEP, str(store), str(tmp_path / "out"))
+def test_report_is_one_offline_page_with_figures_sweep_environment_and_references(store, tmp_path):
+    html_path, md_path = write_report(SWEEP, str(store), str(tmp_path / "out"))  # figures from bench.plots itself
     page = html_path.read_text()
-    assert re.search(r'<img alt="test_acc" src="data:image/png;base64,', page)
+    uri = re.search(r'<img alt="accuracy_vs_train_size" src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    assert uri and base64.b64decode(uri.group(1)).startswith(b"\x89PNG")
     assert not re.search(r'(src|href)="(https?:)?//', page)  # nothing fetched: reads offline
     assert "<style>" in page and "<link" not in page and "<script" not in page
     assert "grid:" in page and "model:" in page and "dataset.name" in page  # sweep rebuilt from the configs
     assert "torch" in page and "git commit" in page and "ray" in page
     assert "jelassi2022-real-data" in page and "≈97.3%" in page  # the experiment's reference rows
     md = md_path.read_text()
-    assert "![test_acc](figures/test_acc.png)" in md and (tmp_path / "out" / "figures" / "test_acc.png").exists()
+    assert "![accuracy_vs_train_size](figures/accuracy_vs_train_size.png)" in md
+    assert (tmp_path / "out" / "figures" / "accuracy_vs_train_size.png").exists()
     assert "| vit_s " in md and "(n=3) · paper ≈90.2% (figure)" in md and "```yaml" in md
 
 

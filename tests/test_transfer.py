@@ -17,7 +17,7 @@ from bench.train import run_trial
 from bench.transfer import freeze_for_mode, load_source_weights, mode_problem
 from bench.models import create_model
 
-from tests.conftest import mlflow_runs
+from tests.conftest import REPO, mlflow_runs
 
 PATCHES = {"name": "spatial", "num_patches": 10, "patch_dim": 10, "set_size": 2, "partition": "random",
            "num_train": 512, "num_test": 256}
@@ -162,3 +162,33 @@ def test_two_stage_sweep_on_ray_transfers_weights_and_resumes_without_retraining
     after = {p.name: p.stat().st_mtime_ns for p in (results / "tr" / "trials").iterdir()}
     assert {n: after[n] for n in after if n[:-8] in sources} == {n: stamps[n] for n in stamps if n[:-8] in sources}
     assert f"{down.index[0]}.parquet" in after and len(after) == 6
+
+
+@pytest.mark.slow
+def test_the_cifar_transfer_sweep_runs_on_tiny_real_format_files(ray_local, tmp_path):
+    """sweeps/transfer_cifar.yaml end to end (4 stages) on CIFAR files in torchvision's format, narrowed
+    with --set to two models and two modes (12 trials) to keep CI short."""
+    from tests.test_data_sets import write_cifar10, write_cifar100
+
+    data = tmp_path / "data"
+    write_cifar10(data, per_batch=8, test=10)
+    write_cifar100(data, n_train=20, n_test=10)
+    results = tmp_path / "results"
+    sweep = str(REPO / "sweeps" / "transfer_cifar.yaml")
+    narrow = [f"stages.{i}.grid.model=[resnet18, vit_ti_pos]" for i in range(4)]
+    narrow += [f"stages.{i}.grid.transfer=[scratch, linear_probe]" for i in (1, 3)]
+    code = main(["run", sweep, "--results", str(results), "--set", f"dataset.root={data}", "--set", "train.epochs=1",
+                 "--set", "train_size=1.0", "--set", "train.batch_size=16", *(a for n in narrow for a in ("--set", n))])
+    assert code == 0
+    trials = pd.read_parquet(results / "transfer-cifar" / "trials")
+    assert len(trials) == 12 and set(trials.status) == {"ok"}
+    down = trials[trials.stage.isin(["cifar10_from_cifar100", "cifar10_from_shuffled"])]
+    assert len(down) == 8 and down.source_trial_id.notna().all()
+    probe = down[down.transfer == "linear_probe"]
+    assert len(probe) == 4
+    for stage, config in zip(probe.stage, map(json.loads, probe.config)):
+        head = {"resnet18": ["fc.weight", "fc.bias"]}.get(config["model"], ["head.weight", "head.bias"])
+        # 100 -> 10 classes: a new classifier; 10 -> 10 (from shuffled CIFAR-10): the source's
+        assert config["recorded"]["new_head"] == (head if stage == "cifar10_from_cifar100" else [])
+        assert set(config["recorded"]["param_groups"]["decay"] + config["recorded"]["param_groups"]["no_decay"]) == set(head)
+    assert set(trials[trials.stage == "shuffled"].dataset) == {"cifar10"}

@@ -80,7 +80,9 @@ def held_out_feature_maps(ctx: AnalysisContext, n_samples: int, batch_size: int)
         inputs = ctx.data.normalize(x[start : start + batch_size])
         for i, name, module, fmap in feature_maps(ctx.model, inputs):
             merged.setdefault(i, [name, module, []])[2].append(fmap)
-    return [(i, name, module, torch.cat(maps)) for i, (name, module, maps) in sorted(merged.items())]
+    # A 1 x 1 map (the last stage of a ResNet on small images) has no frequency but 0 and no spatial variance.
+    return [(i, name, module, torch.cat(maps)) for i, (name, module, maps) in sorted(merged.items())
+            if min(maps[0].shape[-2:]) >= 2]
 
 
 def block_rows(ctx: AnalysisContext, maps: list[tuple[int, str, Any, torch.Tensor]]) -> list[dict[str, Any]]:

@@ -152,7 +152,9 @@ def plot_landscape(frame: Any) -> Any:
             n = len(a)
             z = s.groupby("index")["value"].mean().reindex(range(n * n)).to_numpy().reshape(n, n)
             grid = a.to_numpy()
-            levels = np.linspace(np.nanmin(z), np.nanmax(z), 15)
+            lo, hi = np.nanmin(z), np.nanmax(z)
+            # Loss grows fast away from the minimum: log-spaced levels keep the basin readable.
+            levels = np.geomspace(lo, hi, 15) if lo > 0 and hi > 10 * lo else np.linspace(lo, hi, 15)
             cs = ax.contour(grid, grid, z.T, levels=levels, cmap="viridis", linewidths=1.0)
             ax.clabel(cs, cs.levels[::3], fontsize=7, fmt="%.2g")
             ax.plot([0], [0], marker="+", color="k")

@@ -11,7 +11,7 @@ a pool of processes (writing is the slow part; its time is recorded). Then:
 - `compact_sweep` (timed);
 - the queries on the compacted store, median of repeats, in this process and as
   the `bench` command a user types (Python start-up and imports included);
-- the same after 1,000 more per-trial files arrive (a sweep still writing).
+- the same after 1,000 more per-trial files arrive (a sweep still writing; 100 with --quick).
 """
 
 from __future__ import annotations
@@ -159,8 +159,9 @@ def run(quick: bool) -> dict[str, Any]:
             lambda: _cli("results", "table", sweep, "--results", root, "--where", "dataset == 'cifar100'"), cli_repeats), unit="s"))
         rows.append(figure(f"`bench results sql` command, {label}", _repeat(
             lambda: _cli("results", "sql", SQL_GROUP, "--results", root), cli_repeats), unit="s"))
-        write_synthetic_store(root, sweep, 1000, start=n)
-        label = f"{n:,} compacted + 1,000 new files"
+        new_files = 100 if quick else 1000
+        write_synthetic_store(root, sweep, new_files, start=n)
+        label = f"{n:,} compacted + {new_files:,} new files"
         rows.append(figure(f"table (in process), {label}", _repeat(lambda: _table(root, sweep), repeats), unit="s"))
         rows.append(figure(f"sql group-by (in process), {label}", _repeat(lambda: _sql(root, SQL_GROUP), repeats), unit="s"))
     finally:
