@@ -108,3 +108,18 @@ def test_hessian_analysis_records_spectrum_summaries_and_cost():
     assert by("s_per_hvp")[0]["value"] > 0 and by("wall_s")[0]["value"] > 0
     assert by("l2_coefficient")[0]["value"] == 0.05 and by("n_batches")[0]["value"] == 2
     assert_same_state(model, before)
+
+
+def test_perf_hessian_suite_quick_run_reports_seconds_per_hvp(tmp_path):
+    import json
+
+    from bench.perf import list_suites, run_perf
+
+    assert "hessian" in list_suites()
+    out = tmp_path / "hessian.json"
+    assert run_perf(["hessian"], quick=True, out=str(out)) == 0
+    suite = json.loads(out.read_text())["suites"]["hessian"]
+    hvp_rows = [r for r in suite["rows"] if r["unit"] == "s/HVP"]
+    assert [r["name"].split()[0] for r in hvp_rows] == ["vit_ti", "resnet18"]
+    assert all(r["median"] > 0 and r["batch_size"] == 16 for r in hvp_rows)
+    assert suite["settings"]["attention"] == "math" and suite["settings"]["batch_size"] == 16

@@ -48,9 +48,10 @@ def test_image_models_learn_the_spatial_data(name: str, image_data) -> None:
     idx = torch.cat([torch.nonzero(image_data.train_y == c)[:4, 0] for c in (0, 1)])  # 4 + 4 images
     x, y = image_data.normalize(image_data.train_x[idx]), image_data.train_y[idx]
     # Small-step SGD: no warmup needed, so deep transformers descend from their first step too.
-    losses = fit(model, x, y, 6, torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9))
+    # Batch-norm nets on 8 images are noisy step to step: compare the last steps' mean.
+    losses = fit(model, x, y, 10, torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9))
     assert all(math.isfinite(v) for v in losses)
-    assert losses[-1] < losses[0], losses
+    assert sum(losses[-3:]) / 3 < losses[0], losses
 
 
 def test_pa_theory_is_built_from_the_patch_data(patch_data) -> None:

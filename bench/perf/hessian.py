@@ -53,6 +53,8 @@ def measure(name: str, batch: int, img_size: int, repeats: int, hvps: int, devic
             if r:
                 graph_s.append(built - start)
                 per_hvp.append((done - built) / hvps)
+            print(f"  {name} round {r} ({'timed' if r else 'warm-up'}): gradient with graph {built - start:.2f} s, "
+                  f"{(done - built) / hvps:.2f} s/HVP", flush=True)
     return per_hvp, graph_s
 
 
@@ -60,7 +62,7 @@ def measure(name: str, batch: int, img_size: int, repeats: int, hvps: int, devic
 def run_hessian_suite(quick: bool) -> dict[str, Any]:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     batch, img_size = 16, 32
-    repeats, hvps = (1, 1) if quick else (5, 3)
+    repeats, hvps = (1, 1) if quick else (3, 2)
     model_args: dict[str, Any] = {"depth": 1, "dim": 32, "heads": 2} if quick else {}
     rows, settings = [], {}
     for name in MODELS:
