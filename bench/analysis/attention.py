@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from bench.analysis.registry import AnalysisContext, AnalysisOptions, register_analysis
+from bench.analysis.registry import AnalysisContext, AnalysisOptions, register_analysis, register_plot
 
 PARTITIONED_DATA = ("spatial", "spatial_control")
 MODEL_FAMILIES = ("theory", "vit", "vit_pos")
@@ -116,3 +116,52 @@ def run_patch_association(ctx: AnalysisContext, options: PatchAssociationOptions
         if pos.shape[-1] == d:
             rows += _rows("pos_embed", None, pos, partition, with_maps)
     return rows
+
+
+@register_plot("patch_association")
+def plot_patch_association(frame: Any) -> Any:
+    """Left: exact patch association over training (pa_theory's A; a ViT's best head per epoch).
+    Right: the end-of-training score map of the trial with the best association, diagonal blanked
+    (it is fixed or a self-weight and would swamp the colour scale)."""
+    import pandas as pd
+
+    from bench.analysis.figures import model_colors, new_figure, no_data
+
+    fig, (curve, heat) = new_figure(1, 2, width=11.0, height=4.4)
+    exact = frame[(frame["metric"] == "exact") & (frame["layer"] != "pos_embed")]
+    colors = model_colors(sorted(frame["model"].dropna().unique())) if "model" in frame else {}
+    if exact.empty:
+        no_data(curve, "exact")
+    for trial_id, rows in exact.groupby("trial_id"):
+        best = rows.groupby("epoch")["value"].max()  # per epoch: A, or the best ViT head
+        model = rows["model"].iloc[0] if "model" in rows else "?"
+        curve.plot(best.index, best.values, color=colors.get(model), alpha=0.7, linewidth=1.2,
+                   label=model)
+    handles, labels = curve.get_legend_handles_labels()
+    unique = dict(zip(labels, handles))
+    if unique:
+        curve.legend(unique.values(), unique.keys(), fontsize=8)
+    curve.set(xlabel="epoch (GD step for full-batch runs)", ylabel="exact patch association",
+              title="Patch association over training", ylim=(-0.05, 1.05))
+    maps = frame[frame["metric"] == "map"]
+    if maps.empty:
+        no_data(heat, "map")
+    else:
+        final = exact[exact["epoch"] == exact.groupby("trial_id")["epoch"].transform("max")]
+        ranked = final.sort_values("value", ascending=False)
+        ranked = ranked[ranked["trial_id"].isin(maps["trial_id"])]
+        best = ranked.iloc[0] if len(ranked) else maps.iloc[0]
+        tag = best["layer"] if pd.isna(best.get("index", None)) else f"{best['layer']}.{int(best['index'])}"
+        chosen = maps[(maps["trial_id"] == best["trial_id"]) & (maps["layer"] == tag)]
+        if chosen.empty:
+            chosen = maps[maps["trial_id"] == best["trial_id"]]
+            chosen = chosen[chosen["layer"] == chosen["layer"].iloc[0]]
+        values = chosen.sort_values("index")["value"].to_numpy(dtype=float)
+        d = int(round(len(values) ** 0.5))
+        grid = values.reshape(d, d).copy()
+        grid[range(d), range(d)] = float("nan")
+        image = heat.imshow(grid, cmap="viridis")
+        fig.colorbar(image, ax=heat, shrink=0.8)
+        heat.set(title=f"scores at the end, diagonal blanked\n({chosen['layer'].iloc[0]}, trial {best['trial_id']})",
+                 xlabel="patch j", ylabel="patch i")
+    return fig

@@ -13,7 +13,19 @@ import json
 
 import pandas as pd
 
-from bench.query import load, ok_trials
+from bench.query import load as load_store, ok_trials
+from bench.spec import load_sweep
+
+SWEEP_FILES = {"jelassi2022-synthetic": "sweeps/jelassi2022_synthetic.yaml",
+               "jelassi2022-synthetic-vit": "sweeps/jelassi2022_synthetic_vit.yaml",
+               "jelassi2022-transfer": "sweeps/jelassi2022_transfer.yaml"}
+
+
+def load(sweep: str, results: str) -> dict[str, pd.DataFrame]:
+    """The sweep's tables, narrowed to the trials its sweep file defines now (a store may also
+    hold trials of earlier versions of the file)."""
+    ids = {t["trial_id"] for t in load_sweep(SWEEP_FILES[sweep]).trials}
+    return {name: frame[frame["trial_id"].isin(ids)] for name, frame in load_store(sweep, results).items()}
 
 
 def _pm(values: pd.Series, scale: float = 100.0, digits: int = 1) -> str:
