@@ -12,3 +12,11 @@ class BenchInputError(Exception):
 
 class DataUnavailable(BenchInputError):
     """A dataset is not on disk and may not be downloaded; the message names the expected path."""
+
+
+def suggestion(name: object, known: list[str]) -> str:
+    """'; did you mean 'x'?' for a near miss, else ' (known: a, b, c)': the tail of an unknown-name error."""
+    import difflib
+
+    hint = difflib.get_close_matches(str(name), known, n=1)
+    return f"; did you mean '{hint[0]}'?" if hint else f" (known: {', '.join(known)})"

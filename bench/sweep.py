@@ -232,6 +232,12 @@ def preflight(trials: list[dict[str, Any]], source: str | None = None) -> None:
                 raise DataUnavailable(f"{source or 'sweep'}: dataset: {exc}") from None
 
 
+def _absolute(results_dir: str | os.PathLike[str]) -> str:
+    """The store's root as workers must see it: a bucket URI as is, a local folder made absolute."""
+    text = os.fspath(results_dir)
+    return text if "://" in text else str(Path(text).resolve())
+
+
 def _ready_to_run(trials: list[dict[str, Any]], store: ResultStore, callback: "StoreCallback") -> list[dict[str, Any]]:
     """A stage's trials that can start: a downstream trial whose source did not finish ok is
     recorded `failed` with that reason; a source whose weights went missing is bad input."""
@@ -324,7 +330,7 @@ def run_sweep(
                     "cpus": res.cpus_per_trial,
                     "gpus": res.gpus_per_trial,
                     "report_every_s": res.report_every_s,
-                    "results": str(results_dir),
+                    "results": _absolute(results_dir),  # trials run in their own working dirs
                 },
                 tune_config=tune.TuneConfig(
                     max_concurrent_trials=concurrency,

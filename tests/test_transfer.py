@@ -116,14 +116,15 @@ def test_finetune_from_source_weights_in_the_worker_keeps_frozen_parameters_bit_
 
 
 @pytest.mark.slow
-def test_two_stage_sweep_on_ray_transfers_weights_and_resumes_without_retraining(ray_local, tmp_path):
+def test_two_stage_sweep_on_ray_transfers_weights_and_resumes_without_retraining(ray_local, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a relative --results, as a user types it: workers run in other folders
     raw = two_stage()
     raw["keep_weights"] = True  # keep the downstream weights too, to compare them with their sources
     raw["stages"][1]["grid"] = {"transfer": ["finetune", "freeze_attention"], "train_size": [64], "seed": [0, 1]}
     path = tmp_path / "tr.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     results = tmp_path / "results"
-    assert main(["run", str(path), "--results", str(results)]) == 0
+    assert main(["run", str(path), "--results", "results"]) == 0
 
     store = ResultStore(results, "tr")
     trials = pd.read_parquet(results / "tr" / "trials").set_index("trial_id")
@@ -158,7 +159,7 @@ def test_two_stage_sweep_on_ray_transfers_weights_and_resumes_without_retraining
     # A later launch (after an interruption in stage 2, or a changed stage 2) retrains nothing of stage 1.
     stamps = {p.name: p.stat().st_mtime_ns for p in (results / "tr" / "trials").iterdir()}
     (results / "tr" / "trials" / f"{down.index[0]}.parquet").unlink()  # as if stage 2 was cut short
-    assert main(["run", str(path), "--results", str(results)]) == 0
+    assert main(["run", str(path), "--results", "results"]) == 0
     after = {p.name: p.stat().st_mtime_ns for p in (results / "tr" / "trials").iterdir()}
     assert {n: after[n] for n in after if n[:-8] in sources} == {n: stamps[n] for n in stamps if n[:-8] in sources}
     assert f"{down.index[0]}.parquet" in after and len(after) == 6

@@ -23,7 +23,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
-from bench.errors import BenchInputError
+from bench.errors import BenchInputError, suggestion
 
 
 class AnalysisOptions(BaseModel):
@@ -100,8 +100,7 @@ def analysis_entry(name: str) -> AnalysisEntry:
     try:
         return _REGISTRY[name]
     except KeyError:
-        hint = difflib.get_close_matches(str(name), list_analyses(), n=1)
-        tip = f"; did you mean '{hint[0]}'?" if hint else f" (known: {', '.join(list_analyses())})"
+        tip = suggestion(name, list_analyses())
         raise BenchInputError(f"unknown analysis '{name}'{tip}") from None
 
 

@@ -16,7 +16,7 @@ from typing import Any, Callable, ClassVar
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from bench.errors import BenchInputError
+from bench.errors import BenchInputError, suggestion
 
 
 class DatasetOptions(BaseModel):
@@ -81,8 +81,7 @@ def dataset_entry(name: str) -> DatasetEntry:
     try:
         return _REGISTRY[name]
     except KeyError:
-        hint = difflib.get_close_matches(str(name), list_datasets(), n=1)
-        tip = f"; did you mean '{hint[0]}'?" if hint else f" (known: {', '.join(list_datasets())})"
+        tip = suggestion(name, list_datasets())
         raise BenchInputError(f"unknown dataset '{name}'{tip}") from None
 
 
