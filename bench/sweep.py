@@ -165,6 +165,7 @@ class StoreCallback(tune.Callback):
                 self.tracker.log_weights(self.run_ids.get(tid), tid, weights)
         self.store.write_trial(row)
         if self.tracker:
+            self.tracker.log_history(self.run_ids.get(tid), result["history"])
             self.tracker.end_trial(self.run_ids.get(tid), row)
         self.progress.running -= 1
         self.progress.ok += 1

@@ -82,6 +82,7 @@ class Tracker:
             self.experiment_id = self.client.create_experiment(experiment, artifact_location=artifact_location)
         self.parent_run_id: str | None = None
         self._runs_with_epochs: set[str] = set()
+        self._logged_steps: dict[str, set[int]] = {}
         self._warned = False
 
     def _guard(self, what: str, fn, *args, **kwargs):
@@ -123,6 +124,27 @@ class Tracker:
             return
         metrics = {k: row[k] for k in EPOCH_METRICS if row.get(k) is not None}
         self._guard("log", self._log, run_id, metrics=metrics, step=int(row["epoch"]))
+        self._runs_with_epochs.add(run_id)
+        self._logged_steps.setdefault(run_id, set()).add(int(row["epoch"]))
+
+    def log_history(self, run_id: str | None, history: list[dict[str, Any]], max_points: int = 1000) -> None:
+        """The epochs that live reports skipped (they are throttled), so the run's curves are whole.
+
+        At most `max_points` epochs per curve (evenly thinned, the last always kept): a 10^4-step
+        full-batch run's every epoch is in the Parquet epochs table, its curve in MLflow is thinned.
+        """
+        if run_id is None or not history:
+            return
+        from mlflow.entities import Metric
+
+        stride = max(1, -(-len(history) // max_points))
+        chosen = [r for i, r in enumerate(history) if i % stride == 0 or i == len(history) - 1]
+        done = self._logged_steps.get(run_id, set())
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, float(r[k]), now, int(r["epoch"])) for r in chosen if int(r["epoch"]) not in done
+                   for k in EPOCH_METRICS if r.get(k) is not None]
+        for start in range(0, len(metrics), 1000):  # MLflow takes at most 1000 metrics a call
+            self._guard("log", self.client.log_batch, run_id, metrics=metrics[start : start + 1000])
         self._runs_with_epochs.add(run_id)
 
     def end_trial(self, run_id: str | None, row: dict[str, Any]) -> None:

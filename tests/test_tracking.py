@@ -35,7 +35,7 @@ def test_sweep_logs_parent_and_child_runs_to_a_server(ray_local, mlflow_server, 
         assert run.data.params["train.epochs"] == "3" and run.data.params["model"] == "vit_ti"
         assert run.info.status == "FINISHED"
         history = client.get_metric_history(run.info.run_id, "test_loss")
-        assert [m.step for m in history] == [1, 2, 3]
+        assert sorted(m.step for m in history) == [1, 2, 3]  # epoch 2 was not reported live (throttled), logged at the end
 
 
 def test_mlflow_tracking_uri_from_the_environment(monkeypatch, tmp_path):

@@ -8,7 +8,8 @@ diagonal is its self-weight; so the top C - 1 off-diagonal entries of row i must
 S_l minus i.
 
 Metrics (`patch_association(scores, partition)`):
-- `exact`: share of rows whose top C - 1 off-diagonal entries are exactly their set-mates;
+- `exact`: share of rows whose top C - 1 off-diagonal entries are exactly their set-mates,
+  strictly (every set-mate scores above every other patch; ties do not count);
 - `soft`: mean share of those top entries that are set-mates (chance (C-1)/(D-1));
 - `gap`: mean within-set minus mean between-set off-diagonal score.
 
@@ -58,7 +59,9 @@ def patch_association(scores: torch.Tensor, partition: list[list[int]]) -> dict[
             continue
         top = off_diagonal[i].topk(k).indices
         hits = int(within[i, top].sum())
-        exact_rows += hits == k
+        # Exact: the set-mates strictly above every other patch (a tie is not association:
+        # an untrained, all-equal row would otherwise pass whenever the tie-break is lucky).
+        exact_rows += bool(scores[i, within[i]].min() > scores[i, between[i]].max()) if between[i].any() else True
         soft_sum += hits / k
     gap = scores[within].mean() - scores[between].mean() if within.any() and between.any() else torch.tensor(0.0)
     return {"exact": exact_rows / d, "soft": soft_sum / d, "gap": float(gap)}

@@ -12,6 +12,10 @@ import argparse
 import json
 
 import pandas as pd
+import torch
+
+from bench.analysis.attention import patch_association
+from bench.data import load_splits
 
 from bench.query import load as load_store, ok_trials
 from bench.spec import load_sweep
@@ -36,7 +40,16 @@ def _pm(values: pd.Series, scale: float = 100.0, digits: int = 1) -> str:
     return text + (f" ± {values.std() * scale:.{digits}f}" if len(values) > 1 else "")
 
 
-def _final_analysis(analysis: pd.DataFrame, trial_id: str, layer: str | None, metric: str) -> float | None:
+def _final_analysis(analysis: pd.DataFrame, trial_id: str, layer: str | None, metric: str,
+                    partition: list[list[int]] | None = None) -> float | None:
+    """The last stored value; exact/soft/gap are recomputed from the stored final map when there is one
+    (so they follow the current definition: ties never count as association)."""
+    if partition is not None and metric in ("exact", "soft", "gap"):
+        cells = analysis[(analysis.trial_id == trial_id) & (analysis.metric == "map") & (analysis.layer == layer)]
+        if len(cells):
+            values = torch.tensor(cells.sort_values("index").value.to_numpy())
+            d = int(round(len(values) ** 0.5))
+            return patch_association(values.reshape(d, d), partition)[metric]
     rows = analysis[(analysis.trial_id == trial_id) & (analysis.metric == metric)]
     rows = rows[rows.layer.isna()] if layer is None else rows[rows.layer == layer]
     if rows.empty:
@@ -73,7 +86,9 @@ def synthetic(results: str) -> str:
     for key, group in trials.groupby(["dataset", "D", "lr", "scale", "variant"], sort=True):
         data, d_count, lr, scale, variant = key
         counting = group.baseline_counting.mean()
-        per_trial = {m: pd.Series([_final_analysis(analysis, t, "A", m) for t in group.trial_id], dtype=float)
+        partitions = {t: load_splits(c["dataset"], "patches").meta["partition"]
+                      for t, c in zip(group.trial_id, group.config.map(json.loads))}
+        per_trial = {m: pd.Series([_final_analysis(analysis, t, "A", m, partitions[t]) for t in group.trial_id], dtype=float)
                      for m in ("exact", "soft", "gap")}
         cos = pd.Series([_final_analysis(analysis, t, None, "cos_v_w") for t in group.trial_id], dtype=float)
         steps = pd.Series([_steps_to_beat(epochs, t, counting + 0.01) if pd.notna(counting) else None
