@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import select
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -14,6 +16,7 @@ from typing import Sequence
 from bench.errors import BenchInputError
 
 EXIT_OK, EXIT_TRIALS_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for `yes | head -1`
 
 
 class _Parser(argparse.ArgumentParser):
@@ -313,10 +316,30 @@ COMMANDS = {
 }
 
 
+def _stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe whose reader has closed it (`| head -1`); a BrokenPipeError
+    from anything else (a socket) is a real error and is not silenced."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll, or stdout is not a file (captured)
+        return False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
-        return COMMANDS[args.command](args)
+        code = COMMANDS[args.command](args)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handler, not at interpreter exit
+        return code
+    except BrokenPipeError:
+        if not _stdout_reader_gone():
+            raise
+        # The reader took what it wanted: stop quietly. Point stdout at /dev/null so the
+        # interpreter's last flush of what is still buffered cannot raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except BenchInputError as exc:
         message = " ".join(str(exc).split())  # one line, whatever the message held
         print(f"bench: error: {message}", file=sys.stderr)
