@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import uuid
 from datetime import datetime, timezone
 from typing import Any
@@ -62,6 +63,10 @@ TRIALS_SCHEMA = pa.schema(
         ("baseline_chance", pa.float64()),
         ("baseline_counting", pa.float64()),
         ("baseline_bayes", pa.float64()),
+        # Reliability: the epoch a diverged trial stopped at (loss not finite), and the epoch
+        # its last attempt resumed from (None: it ran from epoch 0 in one go).
+        ("diverged_epoch", pa.int64()),
+        ("resumed_from_epoch", pa.int64()),
     ]
 )
 
@@ -75,6 +80,7 @@ EPOCHS_SCHEMA = pa.schema(
         ("test_acc", pa.float64()),
         ("lr", pa.float64()),
         ("wall_s", pa.float64()),
+        ("attempt", pa.int64()),  # which attempt of the trial ran this epoch (> 1: after a resume)
     ]
 )
 
@@ -92,6 +98,22 @@ ANALYSIS_SCHEMA = pa.schema(
 
 TABLES = {"trials": TRIALS_SCHEMA, "epochs": EPOCHS_SCHEMA, "analysis": ANALYSIS_SCHEMA}
 
+#: Statuses of a trial that has run to its end: a re-run skips them (`--fresh` reruns them).
+#: `failed` is not among them: a re-run tries a failed trial again.
+FINISHED_STATUSES = ("ok", "diverged", "stopped")
+
+#: Names used as path components (sweep, stage, trial id): no separators, no `..`, no hidden names.
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def check_name(kind: str, name: str) -> str:
+    """A sweep, stage or trial name that becomes a path component must stay one: nothing can
+    write outside `<results>` (`../x`, `a/b`, an absolute path) or hide a file (`.x`)."""
+    if not isinstance(name, str) or not SAFE_NAME.fullmatch(name) or ".." in name:
+        raise ValueError(f"{kind} name {name!r}: must be letters, digits, '.', '_' or '-', start with a letter "
+                         "or digit and not contain '..' (it names a folder or file of the result store)")
+    return name
+
 
 def _filesystem(root: str) -> tuple[pafs.FileSystem, str]:
     if "://" in root and not root.startswith("file://"):
@@ -105,7 +127,7 @@ class ResultStore:
 
     def __init__(self, root: str | os.PathLike[str], sweep: str):
         self.fs, self.root = _filesystem(os.fspath(root))
-        self.sweep = sweep
+        self.sweep = check_name("sweep", sweep)
         self.base = f"{self.root}/{sweep}"
 
     # ------------------------------------------------------------------ writing
@@ -122,6 +144,7 @@ class ResultStore:
     def _write(self, table: str, trial_id: str, rows: list[dict[str, Any]]) -> str:
         schema = _schema_for(TABLES[table], rows)
         data = pa.Table.from_pylist(rows, schema=schema)
+        check_name("trial", trial_id)
         folder = f"{self.base}/{table}"
         self.fs.create_dir(folder, recursive=True)
         final = f"{folder}/{trial_id}.parquet"
@@ -146,6 +169,7 @@ class ResultStore:
 
     def model_path(self, trial_id: str) -> str:
         """Where a trial's final weights live: `<results>/<sweep>/models/<trial_id>.pt`."""
+        check_name("trial", trial_id)
         return f"{self.base}/models/{trial_id}.pt"
 
     def write_model(self, trial_id: str, state: dict[str, Any]) -> str:
@@ -184,6 +208,47 @@ class ResultStore:
     def ok_trial_ids(self) -> set[str]:
         trials = self.read_trials()
         return set(trials.loc[trials["status"] == "ok", "trial_id"])
+
+    def finished_trial_ids(self) -> set[str]:
+        """Trials that ran to their end (ok, diverged, stopped): what a re-run skips."""
+        trials = self.read_trials()
+        return set(trials.loc[trials["status"].isin(FINISHED_STATUSES), "trial_id"])
+
+    # ------------------------------------------------------------------ checkpoints
+
+    @property
+    def checkpoints_root(self) -> str:
+        """Tune's checkpoints of this sweep's launches: `<results>/<sweep>/.tune/<launch>/<trial_id>/checkpoint_*`."""
+        return f"{self.base}/.tune"
+
+    def latest_checkpoint(self, trial_id: str, state_file: str) -> str | None:
+        """The newest checkpoint any launch of this sweep left for `trial_id` (a driver that was
+        killed or interrupted leaves its launch folder behind), or None."""
+        check_name("trial", trial_id)
+        found: list[tuple[float, str]] = []
+        for launch in self._list(self.checkpoints_root):
+            if launch.type != pafs.FileType.Directory:
+                continue
+            for entry in self._list(f"{launch.path}/{trial_id}"):
+                if entry.type == pafs.FileType.Directory and entry.base_name.startswith("checkpoint_"):
+                    info = self.fs.get_file_info(f"{entry.path}/{state_file}")
+                    if info.type == pafs.FileType.File:
+                        found.append((info.mtime.timestamp() if info.mtime else 0.0, info.path))
+        return max(found)[1] if found else None
+
+    def read_checkpoint(self, path: str) -> dict[str, Any]:
+        import io
+
+        import torch
+
+        with self.fs.open_input_stream(path) as stream:
+            return torch.load(io.BytesIO(stream.read()), map_location="cpu", weights_only=False)
+
+    def _list(self, folder: str) -> list[pafs.FileInfo]:
+        try:
+            return self.fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
+        except (OSError, pa.ArrowException):
+            return []
 
 
 def list_sweeps(root: str | os.PathLike[str]) -> list[str]:
@@ -264,4 +329,6 @@ def trial_row(
         "baseline_chance": baselines.get("chance"),
         "baseline_counting": baselines.get("counting"),
         "baseline_bayes": baselines.get("bayes"),
+        "diverged_epoch": result.get("diverged_epoch"),
+        "resumed_from_epoch": result.get("resumed_from_epoch"),
     }

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import re
+import signal
 import sys
 import tempfile
 import time
@@ -26,13 +27,17 @@ from typing import Any, TextIO
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+# Ctrl-C is ours: Tune's handler would end fit() quietly and leave its handler installed
+# for the next stage; a KeyboardInterrupt stops the launch where it is (checkpoints kept).
+os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
 
 import ray  # noqa: E402
 import torch  # noqa: E402
 from ray import tune  # noqa: E402
 
 from bench import data as data_registry  # noqa: E402
-from bench import storage  # noqa: E402
+from bench import plugins, storage  # noqa: E402
+from bench.lock import sweep_lock  # noqa: E402
 from bench.errors import BenchInputError, DataUnavailable  # noqa: E402
 from bench.spec import SINGLE_STAGE, Sweep  # noqa: E402
 from bench.store import ResultStore, now_utc, trial_row  # noqa: E402
@@ -40,6 +45,7 @@ from bench.tracking import Tracker, check_reachable, resolve_tracking  # noqa: E
 from bench.train import run_trial  # noqa: E402
 
 STATE_FILE = "state.pt"
+EPOCH_LINE_EVERY_S = 30.0  # a running trial's progress line, at most this often
 FINAL_KEY = "bench_final"
 
 
@@ -49,6 +55,11 @@ class SweepOutcome:
     skipped: int
     ok: int
     failed: int
+    diverged: int = 0
+
+
+class SweepInterrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM stopped the launch; the message says what is saved and how to resume."""
 
 
 # ------------------------------------------------------------------------ the trial
@@ -56,13 +67,19 @@ class SweepOutcome:
 
 def _tune_trainable(param_space: dict[str, Any]) -> None:
     """Runs inside a Ray worker: one trial, resumed from its last checkpoint if retried."""
+    plugins.load()  # a fresh worker process: users' own models must be registered here too
     config = param_space["trial"]
     torch.set_num_threads(max(1, int(param_space["cpus"])))
+    store = ResultStore(param_space["results"], config["sweep"])
     resume = None
     checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
+    if checkpoint is not None:  # a retry within this launch
         with checkpoint.as_directory() as folder:
             resume = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=False)
+    elif not param_space.get("fresh"):  # a launch that was killed or interrupted left one behind
+        path = store.latest_checkpoint(config["trial_id"], STATE_FILE)
+        if path is not None:
+            resume = store.read_checkpoint(path)
 
     # Report (with a checkpoint) at most every `report_every_s` seconds, and after the last
     # epoch: a 10^4-epoch full-batch run must not spend its time writing checkpoints.
@@ -80,10 +97,16 @@ def _tune_trainable(param_space: dict[str, Any]) -> None:
 
     source_state = None
     if config.get("source") and config.get("transfer") != "scratch":
-        store = ResultStore(param_space["results"], config["sweep"])
         source_state = store.read_model(config["source"])
     device = storage.trial_device(param_space["gpus"])  # the GPU Ray assigned, if any
-    result = run_trial(config, on_epoch=on_epoch, resume=resume, device=device, source_state=source_state)
+    try:
+        result = run_trial(config, on_epoch=on_epoch, resume=resume, device=device, source_state=source_state)
+    except torch.OutOfMemoryError as exc:
+        train = config["train"]
+        raise RuntimeError(
+            f"out of memory on {device} ({config['model']}, batch_size {train['batch_size']}): "
+            f"{str(exc).splitlines()[0] if str(exc) else 'allocation failed'}; lower train.batch_size or give "
+            "each trial more memory (resources.gpus_per_trial)") from None
     tune.report({FINAL_KEY: json.dumps(result)})
 
 
@@ -97,28 +120,54 @@ class Progress:
         # Tune pickles its callbacks with the experiment state: keep streams out of them.
         self.total, self.concurrency = total, max(1, concurrency)
         self._out = out
-        self.ok = self.failed = self.running = 0
+        self.ok = self.failed = self.diverged = self.running = 0
         self.durations: list[float] = []
         self.started = time.monotonic()
+        self.last_epoch_line: dict[str, float] = {}
+        self.latest_epoch: dict[str, int] = {}  # per running trial: its last reported (checkpointed) epoch
+
+    @property
+    def done(self) -> int:
+        return self.ok + self.failed + self.diverged
 
     def eta(self) -> str:
-        remaining = self.total - self.ok - self.failed
+        remaining = self.total - self.done
         if not self.durations or remaining <= 0:
             return "-"
-        seconds = sum(self.durations) / len(self.durations) * remaining / self.concurrency
-        return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
+        return _duration(sum(self.durations) / len(self.durations) * remaining / self.concurrency)
+
+    def epoch(self, config: dict[str, Any], result: dict[str, Any], every_s: float = EPOCH_LINE_EVERY_S) -> None:
+        """A running trial's epoch, accuracy and ETA, at most every `every_s` per trial: a long
+        trial must not look hung, and short ones stay quiet."""
+        tid, now = config["trial_id"], time.monotonic()
+        self.latest_epoch[tid] = int(result["epoch"])
+        if now - self.last_epoch_line.get(tid, self.started) < every_s:
+            return
+        self.last_epoch_line[tid] = now
+        epochs, epoch = config["train"]["epochs"], int(result["epoch"])
+        left = result["wall_s"] / max(1, epoch) * (epochs - epoch)
+        self.line("epoch", config, f"epoch {epoch}/{epochs} test_acc={result['test_acc']:.3f} "
+                                   f"train_loss={result['train_loss']:.3f}, trial ETA {_duration(left)}")
 
     def line(self, event: str, config: dict[str, Any], detail: str) -> None:
-        done = self.ok + self.failed
+        done = self.done
         label = f"{config['model']} {config['dataset']['name']} train_size={config['train_size']} seed={config['seed']}"
         print(
             f"[{done:>{len(str(self.total))}}/{self.total}] {event:<6} {config['trial_id']} {label}  {detail}"
-            f"  | running {self.running}, failed {self.failed}, ETA {self.eta()}",
+            f"  | running {self.running}, failed {self.failed}{f', diverged {self.diverged}' if self.diverged else ''}, "
+            f"ETA {self.eta()}",
             file=self._out or sys.stdout, flush=True,
         )
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_out": None}
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds >= 3600:
+        return f"{int(seconds // 3600)}h{int(seconds % 3600 // 60):02d}m"
+    return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
 
 
 class StoreCallback(tune.Callback):
@@ -142,8 +191,12 @@ class StoreCallback(tune.Callback):
         self.progress.running += 1
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        if FINAL_KEY not in result and self.tracker and "epoch" in result:
-            self.tracker.log_epoch(self.run_ids.get(trial.config["trial"]["trial_id"]), result)
+        if FINAL_KEY in result or "epoch" not in result:
+            return
+        config = trial.config["trial"]
+        self.progress.epoch(config, result)
+        if self.tracker:
+            self.tracker.log_epoch(self.run_ids.get(config["trial_id"]), result)
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         self.progress.running -= 1
@@ -154,11 +207,13 @@ class StoreCallback(tune.Callback):
         config = trial.config["trial"]
         tid = config["trial_id"]
         result = json.loads(trial.last_result[FINAL_KEY])
-        row = trial_row(config, status="ok", result=result, mlflow_run_id=self.run_ids.get(tid),
+        status = result.get("status", "ok")
+        error = f"diverged: train_loss not finite at epoch {result['diverged_epoch']}" if status == "diverged" else None
+        row = trial_row(config, status=status, result=result, error=error, mlflow_run_id=self.run_ids.get(tid),
                         started_at=self.started_at.get(tid), attempts=self.attempts.get(tid, 1))
         self.store.write_epochs(tid, result["history"])
         self.store.write_analysis(tid, result.get("analysis") or [])
-        if config["stage"] in self.keep_weights:  # before the ok row: an ok source always has its weights
+        if status == "ok" and config["stage"] in self.keep_weights:  # before the ok row: an ok source has its weights
             weights = self._final_weights(trial)
             self.store.write_model(tid, weights)
             if self.tracker:
@@ -168,9 +223,14 @@ class StoreCallback(tune.Callback):
             self.tracker.log_history(self.run_ids.get(tid), result["history"])
             self.tracker.end_trial(self.run_ids.get(tid), row)
         self.progress.running -= 1
-        self.progress.ok += 1
+        self.progress.latest_epoch.pop(tid, None)
         self.progress.durations.append(result["wall_s"])
-        self.progress.line("ok", config, f"test_acc={result['test_acc']:.3f} ({result['wall_s']:.1f}s)")
+        if status == "diverged":
+            self.progress.diverged += 1
+            self.progress.line("DIVERGED", config, f"{error} ({result['wall_s']:.1f}s)")
+        else:
+            self.progress.ok += 1
+            self.progress.line("ok", config, f"test_acc={result['test_acc']:.3f} ({result['wall_s']:.1f}s)")
 
     @staticmethod
     def _final_weights(trial) -> dict[str, Any]:
@@ -195,6 +255,7 @@ class StoreCallback(tune.Callback):
         if self.tracker:
             self.tracker.end_trial(self.run_ids.get(tid), row)
         self.progress.running -= 1
+        self.progress.latest_epoch.pop(tid, None)
         self.progress.failed += 1
         self.progress.line("FAILED", config, _error_line(trial))
 
@@ -216,7 +277,8 @@ def _error_line(trial) -> str:
 
 
 def pending_trials(sweep: Sweep, store: ResultStore, fresh: bool) -> list[dict[str, Any]]:
-    done = set() if fresh else store.ok_trial_ids()
+    """Trials without a finished row (ok, diverged, stopped); all of them with `fresh`."""
+    done = set() if fresh else store.finished_trial_ids()
     return [t for t in sweep.trials if t["trial_id"] not in done]
 
 
@@ -281,7 +343,12 @@ def run_sweep(
     fresh: bool = False,
     out: TextIO | None = None,
 ) -> SweepOutcome:
-    """Run the sweep's pending trials on Ray Tune; results go to the store and MLflow as they finish."""
+    """Run the sweep's pending trials on Ray Tune; results go to the store and MLflow as they finish.
+
+    One launch per sweep at a time (a second is refused, exit 2). Ctrl-C or SIGTERM stops
+    the launch, keeps every running trial's last checkpoint, and raises SweepInterrupted:
+    the same command again skips finished trials and continues the others from there.
+    """
     location = storage.resolve_results(results_dir)  # a folder or a bucket; Tune's checkpoints follow it
     store = ResultStore(results_dir, sweep.name)
     pending = pending_trials(sweep, store, fresh)
@@ -302,7 +369,20 @@ def run_sweep(
         if started_ray:
             ray.shutdown()
         raise
-    location.filesystem.create_dir(location.path, recursive=True)
+    try:
+        with sweep_lock(store.fs, store.base, sweep.name, location.is_local), _sigterm_interrupts():
+            pending = pending_trials(sweep, store, fresh)  # again, under the lock: a launch may just have ended
+            return _launch(sweep, store, location, pending, len(sweep.trials) - len(pending), uri,
+                           artifact_location, results_dir, max_concurrent, fresh, out)
+    finally:
+        if started_ray:
+            ray.shutdown()
+
+
+def _launch(sweep: Sweep, store: ResultStore, location: storage.ResultsLocation, pending: list[dict[str, Any]],
+            skipped: int, uri: str, artifact_location: str | None, results_dir: str | os.PathLike[str],
+            max_concurrent: int | None, fresh: bool, out: TextIO | None) -> SweepOutcome:
+    """The stages of one launch, in order, under the sweep's lock."""
     tracker = Tracker(uri, sweep.name, artifact_location)
     tracker.start_sweep(sweep.name, sweep.description, len(sweep.trials), len(pending), sweep.source_path)
     res = sweep.resources
@@ -318,6 +398,7 @@ def run_sweep(
     tune_root, tune_filesystem = location.tune_storage(sweep.name)
     launch = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     trainable = tune.with_resources(_tune_trainable, {"cpu": res.cpus_per_trial, "gpu": res.gpus_per_trial})
+    interrupted = True
     try:
         for stage in sweep.stages:  # in order: a stage's sources have finished before it starts
             runnable = _ready_to_run([t for t in pending if t["stage"] == stage], store, callback)
@@ -332,6 +413,7 @@ def run_sweep(
                     "gpus": res.gpus_per_trial,
                     "report_every_s": res.report_every_s,
                     "results": _absolute(results_dir),  # trials run in their own working dirs
+                    "fresh": fresh,  # --fresh: never continue from an earlier launch's checkpoint
                 },
                 tune_config=tune.TuneConfig(
                     max_concurrent_trials=concurrency,
@@ -348,13 +430,42 @@ def run_sweep(
                     verbose=0,
                 ),
             )
-            try:
-                tuner.fit()
-            finally:
-                location.remove_tree(f"{tune_root}/{name}")  # checkpoints are for retries, not results
+            tuner.fit()
+        interrupted = False
+    except KeyboardInterrupt:
+        raise SweepInterrupted(_interrupted_summary(sweep, store, progress)) from None
     finally:
         tracker.end_sweep(progress.ok, progress.failed)
-        location.remove_if_empty(tune_root)  # only if no other launch is using it
-        if started_ray:
-            ray.shutdown()
-    return SweepOutcome(len(sweep.trials), skipped, progress.ok, progress.failed)
+        if not interrupted:  # checkpoints are for retries and resumes, not results
+            location.remove_tree(tune_root)
+    return SweepOutcome(len(sweep.trials), skipped, progress.ok, progress.failed, progress.diverged)
+
+
+def _interrupted_summary(sweep: Sweep, store: ResultStore, progress: Progress) -> str:
+    finished = len(store.finished_trial_ids() & {t["trial_id"] for t in sweep.trials})
+    running = sorted(progress.latest_epoch.values())
+    saved = (f"; {len(running)} running trial(s) keep their last checkpoint (epoch {', '.join(map(str, running))})"
+             if running else "")
+    return (f"interrupted: {finished} of {len(sweep.trials)} trials of {sweep.name} have results in {store.base} "
+            f"({progress.done} from this launch){saved}; run the same command again to resume")
+
+
+class _sigterm_interrupts:
+    """SIGTERM (a pod being stopped, `kill`) stops a launch the way Ctrl-C does."""
+
+    def __enter__(self):
+        self.previous = None
+        try:
+            self.previous = signal.signal(signal.SIGTERM, self._raise)
+        except ValueError:  # not the main thread: leave signals alone
+            pass
+        return self
+
+    @staticmethod
+    def _raise(signum, frame):
+        raise KeyboardInterrupt
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+        return False

@@ -19,6 +19,12 @@ from typing import Any
 
 from bench.errors import BenchInputError
 
+# A tracking server that stops answering must cost seconds, not MLflow's default minutes of
+# retries per call: a few quick retries, then the launch goes on without it.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+
 # Row fields mirrored as child-run metrics at the end of a trial.
 FINAL_METRICS = ("test_acc", "test_loss", "train_loss", "train_acc", "params", "flops", "wall_s", "train_samples_per_s", "n_train")
 EPOCH_METRICS = ("train_loss", "train_acc", "test_loss", "test_acc", "lr", "wall_s")
@@ -83,21 +89,32 @@ class Tracker:
         self.parent_run_id: str | None = None
         self._runs_with_epochs: set[str] = set()
         self._logged_steps: dict[str, set[int]] = {}
-        self._warned = False
+        self.experiment = experiment
+        self.offline = False
 
     def _guard(self, what: str, fn, *args, **kwargs):
+        """Call MLflow; on the first failure warn once and stop tracking for the rest of the launch.
+
+        The Parquet store is the truth; a tracking outage must neither kill the sweep nor slow
+        each trial by a round of retries. `bench results sync-mlflow` backfills the runs later.
+        """
+        if self.offline:
+            return None
         try:
             return fn(*args, **kwargs)
-        except Exception as exc:  # the Parquet store is the truth; tracking must not kill the sweep
-            if not self._warned:
-                print(f"bench: warning: MLflow {what} failed ({exc}); results are still written to Parquet",
-                      file=sys.stderr)
-                self._warned = True
+        except Exception as exc:
+            first = " ".join(str(exc).split())[:300]
+            print(f"bench: warning: MLflow {what} failed ({first}); tracking is off for the rest of this launch, "
+                  f"results still go to Parquet; backfill later with: bench results sync-mlflow {self.experiment}",
+                  file=sys.stderr)
+            self.offline = True
             return None
 
-    def start_sweep(self, name: str, description: str, n_trials: int, n_pending: int, source: str | None) -> str:
+    def start_sweep(self, name: str, description: str, n_trials: int, n_pending: int, source: str | None) -> str | None:
         tags = {"bench.sweep": name, "bench.kind": "sweep", "mlflow.note.content": description}
-        run = self.client.create_run(self.experiment_id, run_name=f"{name} launch", tags=tags)
+        run = self._guard("create_run", self.client.create_run, self.experiment_id, run_name=f"{name} launch", tags=tags)
+        if run is None:
+            return None
         self.parent_run_id = run.info.run_id
         params = {"sweep": name, "trials": str(n_trials), "pending": str(n_pending), "sweep_file": str(source)}
         self._guard("log", self._log, self.parent_run_id, params=params)

@@ -207,6 +207,7 @@ def run_trial(
     history: list[dict[str, Any]] = []
     analysis_rows: list[dict[str, Any]] = []
     first_epoch, train_time, samples_seen, elapsed_before = 0, 0.0, 0, 0.0
+    attempt, resumed_from_epoch, diverged_at = 1, None, None
     if resume is not None:
         model.load_state_dict(resume["model"])
         optimizer.load_state_dict(resume["optimizer"])
@@ -217,6 +218,7 @@ def run_trial(
         analysis_rows = list(resume.get("analysis", []))
         first_epoch, train_time, samples_seen = resume["epoch"], resume["train_time"], resume["samples_seen"]
         elapsed_before = resume["elapsed"]
+        attempt, resumed_from_epoch = resume.get("attempt", 1) + 1, resume["epoch"]
     else:
         analysis_rows += run_due_analyses(config, model, data, dev, 0)
 
@@ -250,8 +252,12 @@ def run_trial(
             "test_acc": test_acc,
             "lr": optimizer.param_groups[0]["lr"],
             "wall_s": elapsed_before + time.perf_counter() - started,
+            "attempt": attempt,  # > 1: this epoch ran after a resume from a checkpoint
         }
         history.append(row)
+        if not math.isfinite(row["train_loss"]):  # diverged: stop now, report where
+            diverged_at = epoch + 1
+            break
         analysis_rows += run_due_analyses(config, model, data, dev, epoch + 1)
         if on_epoch is not None:
             done_epoch, done_time, done_samples, elapsed = epoch + 1, train_time, samples_seen, row["wall_s"]
@@ -259,7 +265,7 @@ def run_trial(
                 "epoch": done_epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "generator": generator.get_state(),
                 "torch_rng": torch.get_rng_state(), "history": list(history), "analysis": list(analysis_rows),
-                "train_time": done_time, "samples_seen": done_samples, "elapsed": elapsed,
+                "train_time": done_time, "samples_seen": done_samples, "elapsed": elapsed, "attempt": attempt,
             })
 
     if history:
@@ -270,6 +276,9 @@ def run_trial(
         train_loss = train_acc = None
     return {
         "trial_id": config.get("trial_id"),
+        "status": "ok" if diverged_at is None else "diverged",
+        "diverged_epoch": diverged_at,
+        "resumed_from_epoch": resumed_from_epoch,
         "epochs": len(history),
         "n_train": data.n_train,
         "test_acc": test_acc,

@@ -44,13 +44,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory):
-    """A real `mlflow server` on 127.0.0.1 with its own SQLite store and artifact folder."""
-    root = tmp_path_factory.mktemp("mlflow-server")
-    port = free_port()
+def start_mlflow_server(root: Path, port: int | None = None) -> tuple[subprocess.Popen, str]:
+    """A real `mlflow server` on 127.0.0.1 with its SQLite store and artifacts under `root`
+    (the same `root` and `port` again: the same server back after it was stopped)."""
+    port = port or free_port()
     mlflow_exe = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
-    log = open(root / "server.log", "w")
+    log = open(root / "server.log", "a")
     proc = subprocess.Popen(
         [mlflow_exe, "server", "--host", "127.0.0.1", "--port", str(port),
          "--backend-store-uri", f"sqlite:///{root}/server.db", "--default-artifact-root", str(root / "artifacts"),
@@ -59,25 +58,35 @@ def mlflow_server(tmp_path_factory):
         # No background job runner: it forks workers that outlive a failed start.
         env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
     )
+    log.close()
     uri = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, 9)
+            stop_mlflow_server(proc)
             raise RuntimeError(f"mlflow server exited: {(root / 'server.log').read_text()[-2000:]}")
         try:
             urllib.request.urlopen(f"{uri}/health", timeout=2)
-            break
+            return proc, uri
         except OSError:
             time.sleep(0.5)
-    else:
-        os.killpg(proc.pid, 9)  # the whole group: the server's workers too
-        raise RuntimeError("mlflow server did not come up in 120 s")
-    yield uri
-    os.killpg(proc.pid, 15)
+    stop_mlflow_server(proc)
+    raise RuntimeError("mlflow server did not come up in 120 s")
+
+
+def stop_mlflow_server(proc: subprocess.Popen, sig: int = 15) -> None:
+    """Stop the server and its workers: the whole process group."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, sig)
     proc.wait(timeout=30)
-    log.close()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """A real `mlflow server` on 127.0.0.1 for the session."""
+    proc, uri = start_mlflow_server(tmp_path_factory.mktemp("mlflow-server"))
+    yield uri
+    stop_mlflow_server(proc)
 
 
 def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:

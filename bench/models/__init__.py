@@ -7,6 +7,7 @@ from bench.models.layers import set_attention_impl
 from bench.models.measure import count_flops, count_params
 from bench.models.registry import (
     all_model_arg_names,
+    check_model_arg,
     create_model,
     is_model,
     list_models,
@@ -19,6 +20,7 @@ __all__ = [
     "AttentionModel",
     "BenchModel",
     "all_model_arg_names",
+    "check_model_arg",
     "count_flops",
     "count_params",
     "create_model",

@@ -77,6 +77,29 @@ def model_arg_names(name: str) -> frozenset[str]:
     return model_entry(name).arg_names
 
 
+def check_model_arg(name: str, key: str, value: Any) -> str | None:
+    """Why `value` cannot be model `name`'s argument `key` (by the builder's type hint), or None.
+
+    A type check, before any model is built: `depth: deep` fails here, in a second, not
+    in a trial an hour into a sweep.
+    """
+    import typing
+
+    from pydantic import TypeAdapter, ValidationError
+
+    hints = typing.get_type_hints(model_entry(name).builder)
+    if key not in hints:
+        return None
+    try:
+        TypeAdapter(hints[key]).validate_python(value)
+    except ValidationError as exc:
+        expected = getattr(hints[key], "__name__", None) or str(hints[key]).replace("typing.", "")
+        return f"expected {expected}, got {value!r} ({exc.errors()[0]['msg']})"
+    except Exception:  # a hint pydantic cannot check: leave it to the builder
+        return None
+    return None
+
+
 def all_model_arg_names() -> frozenset[str]:
     """Every model_arg some registered model accepts (to tell a typo from a foreign arg)."""
     return frozenset().union(*(e.arg_names for e in _REGISTRY.values()))
