@@ -24,6 +24,8 @@ from bench.errors import BenchInputError
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+# Our progress lines and tables own stdout; MLflow would add a "View run ... at" line per run.
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 # Row fields mirrored as child-run metrics at the end of a trial.
 FINAL_METRICS = ("test_acc", "test_loss", "train_loss", "train_acc", "params", "flops", "wall_s", "train_samples_per_s", "n_train")
