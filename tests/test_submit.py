@@ -102,7 +102,7 @@ def two_nodes(tmp_path_factory):
             assert node.poll() is None, (root / "node.log").read_text()[-3000:]
             assert time.monotonic() < deadline, "second Ray node did not join in 120 s"
             time.sleep(1)
-        yield {"dashboard": dashboard, "shared": shared, "hidden": hidden, "env": env, "root": root}
+        yield {"dashboard": dashboard, "shared": shared, "hidden": hidden, "env": env, "root": root, "node": node}
     finally:
         for proc in (node, head):
             if proc is not None:
@@ -190,6 +190,55 @@ def test_trial_uses_the_gpu_ray_assigned(two_nodes):
     result = next(line.split()[1:] for line in done.stdout.splitlines() if line.startswith("RESULT"))
     assert result == ["cuda:0", "0"]  # Ray's CUDA_VISIBLE_DEVICES, and the device index inside it
     assert "CPU-TRIAL cpu" in done.stdout
+
+
+@pytest.mark.slow
+def test_losing_a_worker_node_mid_sweep_resumes_its_trial_from_a_checkpoint(tmp_path, two_nodes, mlflow_server):
+    """The second node dies (SIGKILL to it and its workers) while both trials train: its trial is
+    retried on the head from its last checkpoint, every trial ends ok with one row, nothing restarts
+    from epoch 0. Runs last among the two-node tests: the cluster has one node afterwards."""
+    name = "nodeloss"
+    sweep = tmp_path / f"{name}.yaml"
+    sweep.write_text(textwrap.dedent(f"""\
+        name: {name}
+        model: vit_ti
+        dataset: {{name: spatial, num_train: 256, num_test: 128}}
+        model_args: {{dim: 32, depth: 1, heads: 2}}
+        train: {{epochs: 80, batch_size: 32, warmup_epochs: 0}}
+        resources: {{cpus_per_trial: 1, max_failures: 2, report_every_s: 0}}
+        train_size: 256
+        grid: {{seed: [0, 1]}}
+        """))
+    results = two_nodes["shared"] / "results"
+    job = subprocess.Popen([str(Path(sys.executable).with_name("bench")), "submit", str(sweep), "--address",
+                            two_nodes["dashboard"], "--results", str(results), "--mlflow-uri", mlflow_server, "--wait"],
+                           cwd=tmp_path, env=two_nodes["env"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def checkpoints() -> dict[str, int]:
+        latest: dict[str, int] = {}
+        for path in (results / name / ".tune").glob("*/*/checkpoint_*"):
+            latest[path.parent.name] = max(latest.get(path.parent.name, -1), int(path.name.split("_")[-1]))
+        return latest
+
+    deadline = time.monotonic() + 300
+    while not (len(checkpoints()) == 2 and min(checkpoints().values()) >= 3):
+        assert job.poll() is None, job.stdout.read()[-4000:]
+        assert time.monotonic() < deadline, "both trials did not get past epoch 4 in 300 s"
+        time.sleep(0.2)
+    _stop(two_nodes["node"])  # the node and every process on it, at once
+    out, _ = job.communicate(timeout=600)
+    assert job.returncode == 0, out[-5000:]
+
+    trials = pd.read_parquet(results / name / "trials")
+    assert len(trials) == 2 and trials.trial_id.is_unique and set(trials.status) == {"ok"}
+    assert set(trials.epochs) == {80}
+    retried = trials[trials.attempts > 1]
+    assert len(retried) == 1, trials[["trial_id", "attempts", "resumed_from_epoch"]]
+    assert retried.resumed_from_epoch.iloc[0] >= 4  # from its checkpoint, not from scratch
+    epochs = pd.read_parquet(results / name / "epochs")
+    mine = epochs[epochs.trial_id == retried.trial_id.iloc[0]]
+    assert sorted(mine.epoch) == list(range(1, 81))  # every epoch once
+    assert mine[mine.attempt > 1].epoch.min() > 4  # the second attempt continued
 
 
 def test_submit_bad_input_is_one_line_and_submits_nothing(tmp_path, capsys):
