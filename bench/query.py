@@ -14,11 +14,39 @@ FORMATS = ("md", "csv", "latex", "html", "json")
 
 
 def ok_trials(trials: pd.DataFrame) -> pd.DataFrame:
-    """The latest row of every trial, kept if it finished ok."""
+    """The latest row of every trial, kept if it finished ok (or was stopped early by a search's scheduler)."""
     if trials.empty:
         return trials
     latest = trials.sort_values("finished_at").drop_duplicates("trial_id", keep="last")
-    return latest[latest["status"] == "ok"]
+    return latest[latest["status"].isin(("ok", "stopped"))]
+
+
+def select_phase(trials: pd.DataFrame, phase: str = "final") -> pd.DataFrame:
+    """Rows of one phase of a tuned sweep: `final` (also every row of an untuned sweep) or `search`."""
+    column = trials["phase"] if "phase" in trials else pd.Series(None, index=trials.index, dtype=object)
+    if phase == "search":
+        return trials[column == "search"]
+    return trials[column.isna() | (column == "final")]
+
+
+def best_configs(trials: pd.DataFrame) -> pd.DataFrame:
+    """Per cell of a tuned sweep: the values its search chose, the search trial they came from,
+    its validation score and the budget the cell spent (`bench results best`)."""
+    finals = select_phase(trials, "final")
+    finals = finals[finals["selected_from"].notna()] if "selected_from" in finals else finals.iloc[0:0]
+    if finals.empty:
+        return pd.DataFrame()
+    search = trials.drop_duplicates("trial_id", keep="last").set_index("trial_id")
+    rows = []
+    for selected, group in finals.groupby("selected_from", sort=False):
+        first = group.iloc[0]
+        config = json.loads(first["config"])
+        chosen = search.loc[selected] if selected in search.index else None
+        rows.append({"model": first["model"], "train_size": first["train_size"], **config.get("tuned", {}),
+                     "val_acc": None if chosen is None else chosen.get("val_acc"), "selected_from": selected,
+                     "search_trials": first.get("budget_trials"), "search_epochs": first.get("budget_epochs"),
+                     "search_wall_s": first.get("budget_wall_s"), "final_trials": len(group)})
+    return pd.DataFrame(rows)
 
 
 def summarize(

@@ -67,6 +67,17 @@ TRIALS_SCHEMA = pa.schema(
         # its last attempt resumed from (None: it ran from epoch 0 in one go).
         ("diverged_epoch", pa.int64()),
         ("resumed_from_epoch", pa.int64()),
+        # Tuned sweeps (bench.tuning): `search` rows are scored on a validation split and have no
+        # test metrics; a `final` row names the search trial it took its values from and the
+        # search budget its cell spent (the same for every cell of a fair comparison).
+        ("phase", pa.string()),
+        ("tune_cell", pa.string()),
+        ("selected_from", pa.string()),
+        ("val_acc", pa.float64()),
+        ("val_loss", pa.float64()),
+        ("budget_trials", pa.int64()),
+        ("budget_epochs", pa.int64()),
+        ("budget_wall_s", pa.float64()),
     ]
 )
 
@@ -81,6 +92,8 @@ EPOCHS_SCHEMA = pa.schema(
         ("lr", pa.float64()),
         ("wall_s", pa.float64()),
         ("attempt", pa.int64()),  # which attempt of the trial ran this epoch (> 1: after a resume)
+        ("val_loss", pa.float64()),  # search trials of tuned sweeps: on the validation split, instead of test
+        ("val_acc", pa.float64()),
     ]
 )
 
@@ -331,4 +344,12 @@ def trial_row(
         "baseline_bayes": baselines.get("bayes"),
         "diverged_epoch": result.get("diverged_epoch"),
         "resumed_from_epoch": result.get("resumed_from_epoch"),
+        "phase": config.get("phase"),
+        "tune_cell": config.get("tune_cell"),
+        "selected_from": config.get("selected_from"),
+        "val_acc": result.get("val_acc"),
+        "val_loss": result.get("val_loss"),
+        "budget_trials": (config.get("budget") or {}).get("trials"),
+        "budget_epochs": (config.get("budget") or {}).get("epochs"),
+        "budget_wall_s": (config.get("budget") or {}).get("wall_s"),
     }

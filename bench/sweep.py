@@ -36,7 +36,7 @@ import torch  # noqa: E402
 from ray import tune  # noqa: E402
 
 from bench import data as data_registry  # noqa: E402
-from bench import plugins, storage  # noqa: E402
+from bench import plugins, storage, tuning  # noqa: E402
 from bench.lock import sweep_lock  # noqa: E402
 from bench.errors import BenchInputError, DataUnavailable  # noqa: E402
 from bench.spec import SINGLE_STAGE, Sweep  # noqa: E402
@@ -65,10 +65,20 @@ class SweepInterrupted(KeyboardInterrupt):
 # ------------------------------------------------------------------------ the trial
 
 
+def trial_config(tune_config: dict[str, Any]) -> dict[str, Any]:
+    """The bench trial config of a Tune trial: the planned one, with a searcher's sampled values
+    applied (optuna samples them at run time; random samples are planned into the config)."""
+    keys = tune_config.get("searched") or []
+    if not keys:
+        return tune_config["trial"]
+    values = {tuning.decode(k): tune_config[k] for k in keys}
+    return tuning.apply_values(tune_config["trial"], values, tuned=values)
+
+
 def _tune_trainable(param_space: dict[str, Any]) -> None:
     """Runs inside a Ray worker: one trial, resumed from its last checkpoint if retried."""
     plugins.load()  # a fresh worker process: users' own models must be registered here too
-    config = param_space["trial"]
+    config = trial_config(param_space)
     torch.set_num_threads(max(1, int(param_space["cpus"])))
     store = ResultStore(param_space["results"], config["sweep"])
     resume = None
@@ -107,7 +117,8 @@ def _tune_trainable(param_space: dict[str, Any]) -> None:
             f"out of memory on {device} ({config['model']}, batch_size {train['batch_size']}): "
             f"{str(exc).splitlines()[0] if str(exc) else 'allocation failed'}; lower train.batch_size or give "
             "each trial more memory (resources.gpus_per_trial)") from None
-    tune.report({FINAL_KEY: json.dumps(result)})
+    last = result["history"][-1] if result["history"] else {}
+    tune.report({**last, FINAL_KEY: json.dumps(result)})  # the last epoch's metrics too: searchers read them
 
 
 # ----------------------------------------------------------------- driver callbacks
@@ -146,7 +157,7 @@ class Progress:
         self.last_epoch_line[tid] = now
         epochs, epoch = config["train"]["epochs"], int(result["epoch"])
         left = result["wall_s"] / max(1, epoch) * (epochs - epoch)
-        self.line("epoch", config, f"epoch {epoch}/{epochs} test_acc={result['test_acc']:.3f} "
+        self.line("epoch", config, f"epoch {epoch}/{epochs} {_headline(result)} "
                                    f"train_loss={result['train_loss']:.3f}, trial ETA {_duration(left)}")
 
     def line(self, event: str, config: dict[str, Any], detail: str) -> None:
@@ -180,9 +191,10 @@ class StoreCallback(tune.Callback):
         self.run_ids: dict[str, str | None] = {}
         self.started_at: dict[str, Any] = {}
         self.attempts: dict[str, int] = {}
+        self.reports: dict[str, dict[int, dict[str, Any]]] = {}  # the epochs a trial reported (for stopped trials)
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        config = trial.config["trial"]
+        config = trial_config(trial.config)
         tid = config["trial_id"]
         self.started_at.setdefault(tid, now_utc())
         self.attempts[tid] = self.attempts.get(tid, 0) + 1
@@ -193,20 +205,26 @@ class StoreCallback(tune.Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if FINAL_KEY in result or "epoch" not in result:
             return
-        config = trial.config["trial"]
+        config = trial_config(trial.config)
+        self.reports.setdefault(config["trial_id"], {})[int(result["epoch"])] = {
+            k: result.get(k) for k in ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "val_loss",
+                                       "val_acc", "lr", "wall_s", "attempt") if k in result}
         self.progress.epoch(config, result)
         if self.tracker:
             self.tracker.log_epoch(self.run_ids.get(config["trial_id"]), result)
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         self.progress.running -= 1
-        config = trial.config["trial"]
+        config = trial_config(trial.config)
         self.progress.line("retry", config, f"attempt {self.attempts[config['trial_id']]} failed: {_error_line(trial)}")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        config = trial.config["trial"]
+        config = trial_config(trial.config)
         tid = config["trial_id"]
-        result = json.loads(trial.last_result[FINAL_KEY])
+        if FINAL_KEY not in trial.last_result:  # a scheduler (ASHA) stopped it early
+            result = self._stopped_result(tid, trial.last_result)
+        else:
+            result = json.loads(trial.last_result[FINAL_KEY])
         status = result.get("status", "ok")
         error = f"diverged: train_loss not finite at epoch {result['diverged_epoch']}" if status == "diverged" else None
         row = trial_row(config, status=status, result=result, error=error, mlflow_run_id=self.run_ids.get(tid),
@@ -230,7 +248,14 @@ class StoreCallback(tune.Callback):
             self.progress.line("DIVERGED", config, f"{error} ({result['wall_s']:.1f}s)")
         else:
             self.progress.ok += 1
-            self.progress.line("ok", config, f"test_acc={result['test_acc']:.3f} ({result['wall_s']:.1f}s)")
+            self.progress.line(status, config, f"{_headline(result)} ({result['wall_s']:.1f}s)")
+
+    def _stopped_result(self, tid: str, last: dict[str, Any]) -> dict[str, Any]:
+        """What a stopped trial reached: its reported epochs (reports are per epoch under a scheduler)."""
+        history = [self.reports.get(tid, {})[e] for e in sorted(self.reports.get(tid, {}))]
+        return {"status": "stopped", "epochs": int(last.get("epoch", 0)), "history": history, "analysis": [],
+                **{k: last.get(k) for k in ("train_loss", "train_acc", "val_acc", "val_loss", "test_acc", "test_loss")},
+                "wall_s": float(last.get("wall_s") or 0.0)}
 
     @staticmethod
     def _final_weights(trial) -> dict[str, Any]:
@@ -246,7 +271,7 @@ class StoreCallback(tune.Callback):
         self.progress.line("FAILED", config, error)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        config = trial.config["trial"]
+        config = trial_config(trial.config)
         tid = config["trial_id"]
         error = _error_text(trial)
         row = trial_row(config, status="failed", error=error, mlflow_run_id=self.run_ids.get(tid),
@@ -258,6 +283,13 @@ class StoreCallback(tune.Callback):
         self.progress.latest_epoch.pop(tid, None)
         self.progress.failed += 1
         self.progress.line("FAILED", config, _error_line(trial))
+
+
+def _headline(result: dict[str, Any]) -> str:
+    for key in ("test_acc", "val_acc"):
+        if result.get(key) is not None:
+            return f"{key}={result[key]:.3f}"
+    return f"epochs={result.get('epochs')}"
 
 
 def _error_text(trial) -> str:
@@ -388,9 +420,12 @@ def _launch(sweep: Sweep, store: ResultStore, location: storage.ResultsLocation,
     res = sweep.resources
     concurrency = max_concurrent or res.max_concurrent
     cluster_cpus = ray.cluster_resources().get("CPU", 1)
-    progress = Progress(len(pending), concurrency or max(1, int(cluster_cpus // res.cpus_per_trial)), out)
+    total = len(pending) if sweep.tune is None else len(sweep.cells) * sweep.tune.num_samples + len(sweep.trials)
+    progress = Progress(total, concurrency or max(1, int(cluster_cpus // res.cpus_per_trial)), out)
+    what = (f"{len(pending)} trials to run ({skipped} already done)" if sweep.tune is None else
+            f"{len(sweep.cells)} searches of {sweep.tune.num_samples} trials, then {len(sweep.trials)} final trials")
     print(
-        f"{sweep.name}: {len(pending)} trials to run ({skipped} already done) on Ray "
+        f"{sweep.name}: {what} on Ray "
         f"({cluster_cpus:g} CPUs, {ray.cluster_resources().get('GPU', 0):g} GPUs); results in {store.base}",
         file=out or sys.stdout, flush=True,
     )
@@ -398,39 +433,40 @@ def _launch(sweep: Sweep, store: ResultStore, location: storage.ResultsLocation,
     tune_root, tune_filesystem = location.tune_storage(sweep.name)
     launch = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     trainable = tune.with_resources(_tune_trainable, {"cpu": res.cpus_per_trial, "gpu": res.gpus_per_trial})
+    common = {"cpus": res.cpus_per_trial, "gpus": res.gpus_per_trial, "report_every_s": res.report_every_s,
+              "results": _absolute(results_dir),  # trials run in their own working dirs
+              "fresh": fresh}  # --fresh: never continue from an earlier launch's checkpoint
+
+    def fit(name: str, param_space: dict[str, Any], **tune_options: Any) -> None:
+        tune.Tuner(
+            trainable,
+            param_space={**common, **param_space},
+            tune_config=tune.TuneConfig(
+                max_concurrent_trials=concurrency,
+                trial_dirname_creator=lambda trial: trial_config(trial.config)["trial_id"],
+                trial_name_creator=lambda trial: trial_config(trial.config)["trial_id"],
+                **tune_options,
+            ),
+            run_config=tune.RunConfig(
+                name=name,
+                storage_path=tune_root,
+                storage_filesystem=tune_filesystem,
+                failure_config=tune.FailureConfig(max_failures=res.max_failures),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                callbacks=[callback],
+                verbose=0,
+            ),
+        ).fit()
+
     interrupted = True
     try:
-        for stage in sweep.stages:  # in order: a stage's sources have finished before it starts
+        if sweep.tune is not None:
+            _run_tuned(sweep, store, fit, launch, fresh, progress)
+        for stage in ([] if sweep.tune is not None else sweep.stages):  # in order: sources finish first
             runnable = _ready_to_run([t for t in pending if t["stage"] == stage], store, callback)
-            if not runnable:
-                continue
-            name = launch if sweep.stages == [SINGLE_STAGE] else f"{launch}-{stage}"
-            tuner = tune.Tuner(
-                trainable,
-                param_space={
-                    "trial": tune.grid_search(runnable),
-                    "cpus": res.cpus_per_trial,
-                    "gpus": res.gpus_per_trial,
-                    "report_every_s": res.report_every_s,
-                    "results": _absolute(results_dir),  # trials run in their own working dirs
-                    "fresh": fresh,  # --fresh: never continue from an earlier launch's checkpoint
-                },
-                tune_config=tune.TuneConfig(
-                    max_concurrent_trials=concurrency,
-                    trial_dirname_creator=lambda trial: trial.config["trial"]["trial_id"],
-                    trial_name_creator=lambda trial: trial.config["trial"]["trial_id"],
-                ),
-                run_config=tune.RunConfig(
-                    name=name,
-                    storage_path=tune_root,
-                    storage_filesystem=tune_filesystem,
-                    failure_config=tune.FailureConfig(max_failures=res.max_failures),
-                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                    callbacks=[callback],
-                    verbose=0,
-                ),
-            )
-            tuner.fit()
+            if runnable:
+                fit(launch if sweep.stages == [SINGLE_STAGE] else f"{launch}-{stage}",
+                    {"trial": tune.grid_search(runnable)})
         interrupted = False
     except KeyboardInterrupt:
         raise SweepInterrupted(_interrupted_summary(sweep, store, progress)) from None
@@ -439,6 +475,66 @@ def _launch(sweep: Sweep, store: ResultStore, location: storage.ResultsLocation,
         if not interrupted:  # checkpoints are for retries and resumes, not results
             location.remove_tree(tune_root)
     return SweepOutcome(len(sweep.trials), skipped, progress.ok, progress.failed, progress.diverged)
+
+
+# ------------------------------------------------------------------- tuned sweeps
+
+
+def _search_rows(store: ResultStore, cell_id: str) -> list[dict[str, Any]]:
+    """The cell's finished search trials in the store (ok or stopped by the scheduler)."""
+    trials = store.read_trials()
+    if trials.empty or "phase" not in trials:
+        return []
+    mine = trials[(trials["phase"] == "search") & (trials["tune_cell"] == cell_id)
+                  & trials["status"].isin(("ok", "stopped"))]
+    return [{k: (None if v is None or (isinstance(v, float) and v != v) else v) for k, v in row.items()}
+            for row in mine.to_dict("records")]
+
+
+def _run_tuned(sweep: Sweep, store: ResultStore, fit, launch: str, fresh: bool, progress: Progress) -> None:
+    """Each cell's search (a Tune run with the sweep's searcher and scheduler), then every cell's
+    final trials with the best values it found (one Tune run)."""
+    spec = sweep.tune
+    metric, mode = spec.metric, spec.mode or tuning.SEARCH_METRICS[spec.metric]
+    done = set() if fresh else store.finished_trial_ids()
+    searching = {"report_every_s": 0.0} if spec.scheduler else {}  # a scheduler decides on every epoch
+    for cell in sweep.cells:
+        options: dict[str, Any] = {}
+        if spec.scheduler is not None:
+            options["scheduler"] = tune.schedulers.ASHAScheduler(
+                time_attr="epoch", metric=metric, mode=mode, max_t=max(1, cell.template["train"]["epochs"]),
+                grace_period=spec.scheduler.grace_period, reduction_factor=spec.scheduler.reduction_factor)
+        if spec.algorithm == "random":
+            planned = [tuning.search_config(cell, spec, v) for v in tuning.random_samples(spec, sweep.name, cell)]
+            todo = [c for c in planned if c["trial_id"] not in done]
+            if todo:
+                fit(f"{launch}-search-{cell.id}", {"trial": tune.grid_search(todo), **searching}, **options)
+        else:
+            finished = [] if fresh else _search_rows(store, cell.id)
+            remaining = spec.num_samples - len(finished)
+            if remaining > 0:
+                from ray.tune.search.optuna import OptunaSearch
+
+                scored = [r for r in finished if r.get(metric) is not None]
+                points = [{tuning.encode(k): v for k, v in json.loads(r["config"])["tuned"].items()} for r in scored]
+                searcher = OptunaSearch(
+                    space=tuning.tune_distributions(spec), metric=metric, mode=mode, seed=spec.seed,
+                    points_to_evaluate=points or None, evaluated_rewards=[r[metric] for r in scored] or None)
+                base = tuning.search_config(cell, spec, {})
+                fit(f"{launch}-search-{cell.id}",
+                    {"trial": base, "searched": [tuning.encode(k) for k in spec.space], **searching},
+                    search_alg=searcher, num_samples=remaining, **options)
+    finals = []
+    for cell in sweep.cells:
+        best = tuning.select_best(_search_rows(store, cell.id), spec)
+        if best is None:
+            print(f"{sweep.name}: cell {cell.label}: no search trial finished with {metric}; its final trials "
+                  "did not run", file=progress._out or sys.stdout, flush=True)
+            continue
+        finals += [tuning.final_config(m, best.values, best.trial_id, best.budget, cell.id) for m in cell.members]
+    todo = [c for c in finals if c["trial_id"] not in done]
+    if todo:
+        fit(f"{launch}-final", {"trial": tune.grid_search(todo)})
 
 
 def _interrupted_summary(sweep: Sweep, store: ResultStore, progress: Progress) -> str:

@@ -28,8 +28,9 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 # Row fields mirrored as child-run metrics at the end of a trial.
-FINAL_METRICS = ("test_acc", "test_loss", "train_loss", "train_acc", "params", "flops", "wall_s", "train_samples_per_s", "n_train")
-EPOCH_METRICS = ("train_loss", "train_acc", "test_loss", "test_acc", "lr", "wall_s")
+FINAL_METRICS = ("test_acc", "test_loss", "val_acc", "val_loss", "train_loss", "train_acc", "params", "flops", "wall_s",
+                 "train_samples_per_s", "n_train")
+EPOCH_METRICS = ("train_loss", "train_acc", "test_loss", "test_acc", "val_loss", "val_acc", "lr", "wall_s")
 
 
 def default_tracking_uri(results_dir: str | os.PathLike[str]) -> str:

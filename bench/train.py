@@ -192,7 +192,11 @@ def run_trial(
     input_kind = model_entry(config["model"]).input_kind
 
     torch.manual_seed(config["seed"])
-    data = build_trial_data(config["dataset"], config["train_size"], config["seed"], dev, input_kind)
+    # A search trial of a tuned sweep is scored on a validation split and never sees the test set.
+    searching = config.get("phase") == "search"
+    loss_key, acc_key = ("val_loss", "val_acc") if searching else ("test_loss", "test_acc")
+    data = build_trial_data(config["dataset"], config["train_size"], config["seed"], dev, input_kind,
+                            val_size=config.get("val_size") if searching else None)
     model = build_model(config, data).to(dev)
     transfer_info = prepare_transfer(model, config, source_state)
     params = count_params(model)
@@ -243,13 +247,13 @@ def run_trial(
             torch.cuda.synchronize(dev)
         train_time += time.perf_counter() - epoch_start
         samples_seen += data.n_train
-        test_loss, test_acc = evaluate(model, data)
+        eval_loss, eval_acc = evaluate(model, data)
         row = {
             "epoch": epoch + 1,
             "train_loss": loss_sum.item() / data.n_train,
             "train_acc": correct.item() / data.n_train,
-            "test_loss": test_loss,
-            "test_acc": test_acc,
+            loss_key: eval_loss,
+            acc_key: eval_acc,
             "lr": optimizer.param_groups[0]["lr"],
             "wall_s": elapsed_before + time.perf_counter() - started,
             "attempt": attempt,  # > 1: this epoch ran after a resume from a checkpoint
@@ -270,9 +274,9 @@ def run_trial(
 
     if history:
         last = history[-1]
-        test_loss, test_acc, train_loss, train_acc = last["test_loss"], last["test_acc"], last["train_loss"], last["train_acc"]
+        eval_loss, eval_acc, train_loss, train_acc = last[loss_key], last[acc_key], last["train_loss"], last["train_acc"]
     else:  # epochs: 0 evaluates the initialisation
-        test_loss, test_acc = evaluate(model, data)
+        eval_loss, eval_acc = evaluate(model, data)
         train_loss = train_acc = None
     return {
         "trial_id": config.get("trial_id"),
@@ -281,8 +285,9 @@ def run_trial(
         "resumed_from_epoch": resumed_from_epoch,
         "epochs": len(history),
         "n_train": data.n_train,
-        "test_acc": test_acc,
-        "test_loss": test_loss,
+        "test_acc": None if searching else eval_acc,
+        "test_loss": None if searching else eval_loss,
+        **({"val_acc": eval_acc, "val_loss": eval_loss} if searching else {}),
         "train_loss": train_loss,
         "train_acc": train_acc,
         "params": params,
