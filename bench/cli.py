@@ -37,12 +37,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--address", help="join this Ray cluster (default: RAY_ADDRESS, else a local Ray)")
     run.add_argument("--max-concurrent", type=int, help="at most N trials at once")
     _set_flag(run)
+    _smoke_flag(run)
     run.add_argument("--dry-run", action="store_true", help="list the trials that would run, run nothing")
     run.add_argument("--fresh", action="store_true", help="rerun every trial, even those with results")
 
     validate = sub.add_parser("validate", help="parse and expand a sweep file; print the trial count")
     validate.add_argument("sweep")
     _set_flag(validate)
+    _smoke_flag(validate)
 
     submit = sub.add_parser("submit", help="send a sweep to a Ray cluster through the Ray Jobs API")
     submit.add_argument("sweep", help="sweep file (YAML)")
@@ -76,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--trial-id", help="the trial's id")
     trial.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: auto)")
     _set_flag(trial)
+    _smoke_flag(trial)
 
     results = sub.add_parser("results", help="query the result store")
     rsub = results.add_subparsers(dest="results_command", required=True, parser_class=_Parser, metavar="SUBCOMMAND")
@@ -89,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("--metric", default="test_acc")
     table.add_argument("--where", help="pandas condition on trial columns or `config.paths`, e.g. \"dataset == 'cifar10'\"")
     table.add_argument("--format", default="md", choices=("md", "csv", "latex", "html", "json"))
+    table.add_argument("--phase", choices=("final", "search"), default="final",
+                       help="tuned sweeps: the final comparison (default) or the search trials (--metric val_acc)")
     table.add_argument("--vs-reference", action="store_true",
                        help="add the papers' published number (results/reference) and the difference per cell")
     from bench.sql import VIEW_HELP
@@ -101,6 +106,13 @@ def build_parser() -> argparse.ArgumentParser:
     compact = rsub.add_parser("compact", help="merge a sweep's per-trial files into one part file (safe while it runs)")
     compact.add_argument("sweep", help="sweep name")
     _results_flag(compact)
+    best = rsub.add_parser("best", help="tuned sweeps: each cell's chosen values, their search trial and budget")
+    best.add_argument("sweep", help="sweep name (or its sweep file)")
+    _results_flag(best)
+    sync = rsub.add_parser("sync-mlflow", help="give every stored trial one MLflow run (backfill after an outage)")
+    sync.add_argument("sweep", help="sweep name")
+    _results_flag(sync)
+    sync.add_argument("--mlflow-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else the store's own)")
     plot = rsub.add_parser("plot", help="figures (PNG/SVG): accuracy vs training-set size, one per analysis")
     plot.add_argument("sweep", help="sweep name (or its sweep file)")
     _results_flag(plot)
@@ -133,6 +145,12 @@ def _set_flag(p: argparse.ArgumentParser) -> None:
                    help="override a sweep field, e.g. --set train.epochs=3 (repeatable)")
 
 
+def _smoke_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--smoke", action="store_true",
+                   help="the sweep file's scaled-down variant: apply its 'smoke:' section (before any --set); "
+                        "results go to <name>-smoke")
+
+
 # ---------------------------------------------------------------------------- commands
 
 
@@ -141,7 +159,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if args.max_concurrent is not None and args.max_concurrent < 1:
         raise BenchInputError("--max-concurrent: expected a whole number >= 1")
-    sweep = load_sweep(args.sweep, args.overrides)
+    sweep = load_sweep(args.sweep, args.overrides, smoke=args.smoke)
     if args.dry_run:
         return _dry_run(sweep, args)
 
@@ -152,14 +170,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     outcome = run_sweep(sweep, args.results, mlflow_uri=args.mlflow_uri, address=args.address,
                         max_concurrent=args.max_concurrent, fresh=args.fresh)
     trials = ResultStore(args.results, sweep.name).read_trials()
-    ids = {t["trial_id"] for t in sweep.trials}
-    trials = trials[trials["trial_id"].isin(ids)]
+    if sweep.tune is not None:  # the comparison is the final phase: each cell's best values, retrained and tested
+        cells = {c.id for c in sweep.cells}
+        trials = trials[(trials["phase"] == "final") & trials["tune_cell"].isin(cells)] if "phase" in trials else trials.iloc[0:0]
+    else:
+        ids = {t["trial_id"] for t in sweep.trials}
+        trials = trials[trials["trial_id"].isin(ids)]
     for stage in sweep.stages:  # one table per stage; a transfer stage compares its modes
         if len(sweep.stages) > 1:
             print(f"\nstage {stage}" + (f" (from {sweep.sources[stage]})" if stage in sweep.sources else ""))
         rows = "transfer" if stage in sweep.sources else "model"
         print()
         print(comparison_table(trials[trials["stage"] == stage], rows=rows))
+    if outcome.diverged:
+        print(f"\n{outcome.diverged} of {outcome.total} trials diverged (loss not finite); status 'diverged', "
+              "with the epoch in 'diverged_epoch'", file=sys.stderr)
     if outcome.failed:
         print(f"\n{outcome.failed} of {outcome.total} trials failed; see the 'error' column "
               f"(bench results table {sweep.name} --metric ... or pandas)", file=sys.stderr)
@@ -184,7 +209,7 @@ def _dry_run(sweep, args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     from bench.spec import load_sweep
 
-    sweep = load_sweep(args.sweep, args.overrides)
+    sweep = load_sweep(args.sweep, args.overrides, smoke=args.smoke)
     models = sorted({t["model"] for t in sweep.trials})
     print(f"{sweep.name}: {len(sweep.trials)} trials ({', '.join(models)})")
     return EXIT_OK
@@ -194,7 +219,7 @@ def cmd_trial(args: argparse.Namespace) -> int:
     from bench.spec import load_sweep
     from bench.train import run_trial
 
-    sweep = load_sweep(args.sweep, args.overrides)
+    sweep = load_sweep(args.sweep, args.overrides, smoke=args.smoke)
     if args.trial_id:
         matches = [t for t in sweep.trials if t["trial_id"] == args.trial_id]
         if not matches:
@@ -227,6 +252,18 @@ def cmd_results(args: argparse.Namespace) -> int:
             kept = f", {r.kept_newer} newer files kept" if r.kept_newer else ""
             print(f"{args.sweep}/{r.table}: {r.merged_files} files merged into {r.part or '(nothing to do)'}, {r.rows} rows{kept}")
         return EXIT_OK
+    if args.results_command == "best":
+        from bench.query import best_configs
+
+        name, _ = _sweep_selection(args.sweep)
+        chosen = best_configs(ResultStore(args.results, name).read_trials() if name in list_sweeps(args.results)
+                              else __import__("pandas").DataFrame())
+        if chosen.empty:
+            raise BenchInputError(f"{args.sweep}: no final trials of a tuned sweep under {args.results}/{name}")
+        print(_markdown(chosen))
+        return EXIT_OK
+    if args.results_command == "sync-mlflow":
+        return _sync_mlflow(args)
     if args.results_command == "plot":
         from bench.plots import plot_sweep
 
@@ -248,12 +285,43 @@ def cmd_results(args: argparse.Namespace) -> int:
         return EXIT_OK
     name, trial_ids = _sweep_selection(args.sweep)
     trials = ResultStore(args.results, name).read_trials()
-    if trial_ids is not None:
-        trials = trials[trials["trial_id"].isin(trial_ids)]
+    if trial_ids is not None and not ("phase" in trials and trials["phase"].notna().any()):
+        trials = trials[trials["trial_id"].isin(trial_ids)]  # a tuned sweep's ids come from its search
+    from bench.query import select_phase
+
+    trials = select_phase(trials, args.phase)
     if trials.empty:
         raise BenchInputError(f"{args.sweep}: no results under {args.results}/{name} (bench results ls lists the sweeps)")
     print(comparison_table(trials, args.rows, args.cols, args.metric, args.where, args.format,
                            vs_reference=args.vs_reference, sweep=name))
+    return EXIT_OK
+
+
+def _markdown(frame) -> str:
+    def cell(value) -> str:
+        return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+    lines = ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + "---|" * len(frame.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def _sync_mlflow(args: argparse.Namespace) -> int:
+    from bench.mlflow_sync import sync_sweep
+    from bench.store import list_sweeps
+    from bench.tracking import check_reachable, resolve_tracking
+
+    if args.sweep not in list_sweeps(args.results):
+        raise BenchInputError(f"{args.sweep}: no results under {args.results}/{args.sweep} (bench results ls lists the sweeps)")
+    uri, artifact_location = resolve_tracking(args.results, args.mlflow_uri)
+    check_reachable(uri)
+    try:
+        report = sync_sweep(args.results, args.sweep, uri, artifact_location)
+    except RuntimeError as exc:
+        print(f"bench: {exc}; run it again when the server answers (synced runs are not repeated)", file=sys.stderr)
+        return EXIT_TRIALS_FAILED
+    print(f"{args.sweep}: {report.created} runs created, {report.completed} completed, "
+          f"{report.present} already in MLflow ({uri})")
     return EXIT_OK
 
 
@@ -330,6 +398,9 @@ def _stdout_reader_gone() -> bool:
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
+        from bench import plugins
+
+        plugins.load()  # users' own models and datasets (BENCH_PLUGINS), before any sweep file is read
         code = COMMANDS[args.command](args)
         sys.stdout.flush()  # a closed pipe shows here, inside the handler, not at interpreter exit
         return code
@@ -344,8 +415,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = " ".join(str(exc).split())  # one line, whatever the message held
         print(f"bench: error: {message}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print("bench: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM: a sweep says what it saved (bench.sweep.SweepInterrupted)
+        print(f"bench: {exc}" if str(exc) else "bench: interrupted", file=sys.stderr)
         return 130
 
 

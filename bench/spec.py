@@ -18,7 +18,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -27,6 +27,7 @@ from bench import analysis as analysis_registry
 from bench import data as data_registry
 from bench import models as model_registry
 from bench.errors import BenchInputError
+from bench.recipes import list_recipes, recipe_train
 from bench.transfer import mode_problem
 
 AugmentName = Literal["crop", "flip", "randaugment", "mixup", "cutmix"]
@@ -45,7 +46,7 @@ class TrainSpec(_Strict):
 
     epochs: int = Field(10, ge=0)
     #: Images per step, or 'full': the whole training subset, one step per epoch (full-batch GD).
-    batch_size: int | Literal["full"] = 128
+    batch_size: Annotated[int, Field(gt=0)] | Literal["full"] = 128
     optimizer: Literal["adamw", "sgd"] = "adamw"
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.05, ge=0)
@@ -95,6 +96,12 @@ class SweepFile(_Strict):
     stages: list[dict[str, Any]] | None = None
     #: Keep every trial's final weights in the store (`models/`), not only those a later stage uses.
     keep_weights: bool = False
+    #: A named preset of train settings (bench.recipes), under the `train:` block.
+    recipe: str | None = None
+    #: The scaled-down variant: dotted `--set`-style overrides applied by `--smoke` (see parse_sweep).
+    smoke: dict[str, Any] | None = None
+    #: A search per cell before the comparison (bench.tuning): space, algorithm, num_samples, per, ...
+    tune: dict[str, Any] | None = None
 
     @field_validator("name")
     @classmethod
@@ -129,6 +136,9 @@ class Sweep:
         return [t for t in self.trials if t["stage"] == stage]
 
     keep_weights: bool = False
+    #: `tune:` sweeps: the search settings and the cells that each get a search (bench.tuning).
+    tune: Any = None
+    cells: list[Any] = field(default_factory=list)
 
     @property
     def source_stages(self) -> set[str]:
@@ -140,8 +150,9 @@ class Sweep:
 # ---------------------------------------------------------------------------- loading
 
 
-def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
-    """Read, validate and expand a sweep file; `overrides` are `--set dotted.key=value` strings."""
+def load_sweep(path: str | Path, overrides: list[str] | None = None, smoke: bool = False) -> Sweep:
+    """Read, validate and expand a sweep file; `overrides` are `--set dotted.key=value` strings,
+    `smoke` applies the file's `smoke:` section first."""
     path = Path(path)
     if not path.is_file():
         raise BenchInputError(f"{path}: no such sweep file")
@@ -154,26 +165,78 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
         raise BenchInputError(f"{path}:{where}: not valid YAML: {problem}") from None
     except UnicodeDecodeError:
         raise BenchInputError(f"{path}: not a text file") from None
-    return parse_sweep(raw, source=str(path), overrides=overrides)
+    return parse_sweep(raw, source=str(path), overrides=overrides, smoke=smoke)
 
 
-def parse_sweep(raw: Any, source: str = "<sweep>", overrides: list[str] | None = None) -> Sweep:
-    """Validate a sweep given as a dict (the YAML's content) and expand its grid."""
+def parse_sweep(raw: Any, source: str = "<sweep>", overrides: list[str] | None = None, smoke: bool = False) -> Sweep:
+    """Validate a sweep given as a dict (the YAML's content) and expand its grid.
+
+    `smoke`: apply the file's `smoke:` section (dotted overrides, as `--set` takes them)
+    before `overrides`; the sweep is then named `<name>-smoke` unless the section sets a
+    name, so a smoke run never mixes its trials into the full run's results. Without
+    `smoke` the section is not applied, but the smoke variant is still parsed and
+    expanded, so a broken section is an error on every read of the file.
+    """
     if not isinstance(raw, dict):
         raise BenchInputError(f"{source}: a sweep file must be a mapping with at least 'name'")
     raw = copy.deepcopy(raw)
+    section = _smoke_section(raw.pop("smoke", None), source)
+    written = copy.deepcopy(raw) if section and not smoke else None
+    if smoke:
+        if not section:
+            raise BenchInputError(f"{source}: --smoke: this sweep has no 'smoke:' section (a mapping of dotted "
+                                  "overrides, e.g. {train.epochs: 1, grid.seed: [0]})")
+        _apply_smoke(raw, section, source)
     for override in overrides or []:
         _apply_override(raw, override, source)
+    sweep = _parse(raw, source)
+    if written is not None:
+        _apply_smoke(written, section, source)
+        _parse(written, f"{source}: smoke")
+    return sweep
+
+
+def _smoke_section(section: Any, source: str) -> dict[str, Any]:
+    """The `smoke:` section: a mapping of dotted keys (`train.epochs`, `grid.seed`) to values."""
+    if section is None:
+        return {}
+    if not isinstance(section, dict):
+        raise BenchInputError(f"{source}: smoke: expected a mapping of dotted overrides, e.g. "
+                              f"{{train.epochs: 1, 'grid.seed': [0]}}, got {section!r}")
+    for key in section:
+        if not isinstance(key, str) or not key or key.split(".")[0] == "smoke":
+            raise BenchInputError(f"{source}: smoke: {key!r} is not a dotted field path such as train.epochs")
+    return section
+
+
+def _apply_smoke(raw: dict[str, Any], section: dict[str, Any], source: str) -> None:
+    """The smoke overrides, through the same setter as `--set`; the name gets `-smoke` unless set."""
+    if "name" not in section and isinstance(raw.get("name"), str):
+        raw["name"] = f"{raw['name']}-smoke"
+    for key, value in section.items():
+        try:
+            _set_override(raw, key, copy.deepcopy(value))
+        except BenchInputError as exc:
+            raise BenchInputError(f"{source}: smoke: {exc}") from None
+
+
+def _parse(raw: dict[str, Any], source: str) -> Sweep:
     try:
-        top = SweepFile.model_validate(raw)
+        top = SweepFile.model_validate(_with_recipe(raw, source))
     except ValidationError as exc:
         raise BenchInputError(f"{source}: {_describe(exc)}") from None
+    if top.smoke is not None:  # only --set can bring one back after parse_sweep took the file's
+        raise BenchInputError(f"{source}: smoke: the smoke section is read from the file before --set applies; "
+                              "give its overrides as --set instead")
     if top.stages is not None:
+        if top.tune is not None:
+            raise BenchInputError(f"{source}: tune: a tuned sweep has one stage (tuning inside stages is not supported)")
         return _parse_stages(raw, top, source)
     if top.transfer is not None:
         raise BenchInputError(f"{source}: transfer: a transfer mode needs a stage with a 'source' (see 'stages')")
-    trials = _expand(top, source)
-    return Sweep(
+    axes: list[dict[str, Any]] = []
+    trials = _expand(top, source, axes_out=axes)
+    sweep = Sweep(
         name=top.name,
         description=top.description,
         resources=top.resources,
@@ -181,6 +244,13 @@ def parse_sweep(raw: Any, source: str = "<sweep>", overrides: list[str] | None =
         source_path=source,
         keep_weights=top.keep_weights,
     )
+    if top.tune is not None:
+        from bench import tuning
+
+        sweep.tune = tuning.parse_tune(top.tune, top.grid, trials[0], source)
+        per = sweep.tune.per if sweep.tune.per is not None else [k for k in top.grid if k != "seed"]
+        sweep.cells = tuning.plan_cells(trials, axes, per)
+    return sweep
 
 
 class StageSpec(_Strict):
@@ -188,6 +258,8 @@ class StageSpec(_Strict):
 
     name: str
     source: str | None = None
+    #: Replaces the sweep's recipe for this stage; the sweep's `train:` block still applies on top.
+    recipe: str | None = None
     dataset: dict[str, Any] | None = None
     model: str | None = None
     model_args: dict[str, Any] | None = None
@@ -233,7 +305,7 @@ def _parse_stages(raw: dict[str, Any], top: SweepFile, source: str) -> Sweep:
         stage_raw = _stage_fields(defaults, spec)
         where = f"{source}: stages.{spec.name}"
         try:
-            stage_top = SweepFile.model_validate({"name": top.name, **stage_raw})
+            stage_top = SweepFile.model_validate({"name": top.name, **_with_recipe(stage_raw, where)})
         except ValidationError as exc:
             raise BenchInputError(f"{where}.{_describe(exc)}") from None
         expanded = _expand(stage_top, where, stage=spec.name, has_source=spec.source is not None)
@@ -291,6 +363,30 @@ def _stage_fields(defaults: dict[str, Any], spec: StageSpec) -> dict[str, Any]:
 DATA_LOCATION_KEYS = ("root", "download")
 
 
+def _with_recipe(fields: dict[str, Any], where: str) -> dict[str, Any]:
+    """The fields with their recipe's train settings under their `train:` block.
+
+    Precedence: TrainSpec defaults < recipe < the sweep's `train:` < a stage's `train:` (merged
+    into it by _stage_fields) < grid and `--set`. Only values reach the trials: a recipe's name
+    is not part of a trial config, so it never changes a trial id by itself.
+    """
+    name = fields.get("recipe")
+    if name is None:
+        return fields
+    if not isinstance(name, str):
+        raise BenchInputError(f"{where}: recipe: expected a recipe name ({', '.join(list_recipes())}), got {name!r}")
+    try:
+        base = recipe_train(name)
+    except BenchInputError as exc:
+        raise BenchInputError(f"{where}: recipe: {exc}") from None
+    train = fields.get("train")
+    if train is None:
+        train = {}
+    if not isinstance(train, dict):
+        return fields  # not a mapping: the schema says so
+    return {**fields, "train": {**base, **train}}
+
+
 def _grid_fields(grid: dict[str, list[Any]]) -> set[str]:
     """The dotted fields a grid sets (a named axis sets those of its mappings)."""
     fields: set[str] = set()
@@ -339,13 +435,27 @@ def _apply_override(raw: dict[str, Any], override: str, source: str) -> None:
         value = yaml.safe_load(text)
     except yaml.YAMLError:
         raise BenchInputError(f"--set {override!r}: the value is not valid YAML") from None
-    _set_dotted(raw, key, value)
+    _set_override(raw, key, value)
+
+
+def _set_override(raw: dict[str, Any], key: str, value: Any) -> None:
+    """Set one `--set` or `smoke:` override. A grid key stays one key whatever dots it holds
+    (`grid.model_args.patch_size=[2, 4]` sets the grid key `model_args.patch_size`), unless the
+    key indexes into a named axis (`grid.setting.0.train.lr=0.1`)."""
+    parts = key.split(".")
+    for i, part in enumerate(parts[:-2]):
+        if part == "grid" and (i == 0 or (i >= 2 and parts[i - 2] == "stages")) and not parts[i + 2].isdigit():
+            parts = parts[: i + 1] + [".".join(parts[i + 1 :])]
+            break
+    _set_path(raw, parts, key, value)
 
 
 # --------------------------------------------------------------------------- expansion
 
 
-def _expand(top: SweepFile, source: str, stage: str = SINGLE_STAGE, has_source: bool = False) -> list[dict[str, Any]]:
+def _expand(top: SweepFile, source: str, stage: str = SINGLE_STAGE, has_source: bool = False,
+            axes_out: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """The grid's resolved trials, in grid order; `axes_out` gets each kept trial's grid values."""
     defaults: dict[str, Any] = {
         "dataset": top.dataset,
         "model": top.model,
@@ -384,6 +494,8 @@ def _expand(top: SweepFile, source: str, stage: str = SINGLE_STAGE, has_source: 
             continue  # two grid points that resolve to the same trial run once
         seen[resolved["trial_id"]] = len(trials)
         trials.append(resolved)
+        if axes_out is not None:
+            axes_out.append(dict(zip(keys, values)))
     return trials
 
 
@@ -477,6 +589,9 @@ def _model_args_for(model: str, args: dict[str, Any], where) -> dict[str, Any]:
             suggestion = f"; did you mean '{hint[0]}'?" if hint else ""
             raise BenchInputError(f"{where()}: '{key}' is not an argument of any model{suggestion}")
         if key in accepted and value is not None:
+            problem = model_registry.check_model_arg(model, key, value)
+            if problem:
+                raise BenchInputError(f"{where()}: {key} of {model}: {problem}")
             kept[key] = value
     return dict(sorted(kept.items()))
 
@@ -519,6 +634,9 @@ def _check_train_size(value: Any, where: str) -> float | int:
 # ---------------------------------------------------------------------------- trial id
 
 HASHED_FIELDS = ("stage", "dataset", "model", "model_args", "train", "train_size", "seed", "transfer", "source")
+#: Hashed only when set, so the ids of trials without them never change: a tuned sweep's
+#: search trials (`phase: search`, trained without a validation split of `val_size`).
+OPTIONAL_HASHED_FIELDS = ("phase", "val_size")
 _TRAIN_DEFAULTS = TrainSpec().model_dump()
 
 
@@ -531,6 +649,7 @@ def trial_id(config: dict[str, Any]) -> str:
     same data on another machine is the same trial.
     """
     view = {k: config.get(k) for k in HASHED_FIELDS}
+    view.update({k: config[k] for k in OPTIONAL_HASHED_FIELDS if config.get(k) is not None})
     view["train"] = {k: v for k, v in config["train"].items() if _TRAIN_DEFAULTS.get(k, object()) != v}
     view["dataset"] = data_registry.dataset_hash_view(config["dataset"])
     text = json.dumps(view, sort_keys=True, separators=(",", ":"), default=str)
@@ -542,7 +661,10 @@ def trial_id(config: dict[str, Any]) -> str:
 
 def _set_dotted(target: dict[str, Any], key: str, value: Any) -> None:
     """Set `a.b.c` in nested mappings; a number indexes a list (`--set stages.1.grid.seed=[0]`)."""
-    parts = key.split(".")
+    _set_path(target, key.split("."), key, value)
+
+
+def _set_path(target: dict[str, Any], parts: list[str], key: str, value: Any) -> None:
     node: Any = target
     for i, part in enumerate(parts):
         last = i == len(parts) - 1
@@ -567,7 +689,9 @@ def _set_dotted(target: dict[str, Any], key: str, value: Any) -> None:
 def _describe(exc: ValidationError, prefix: str = "") -> str:
     """One line from pydantic's first error: `train.lrr: unknown key (expected one of ...)`."""
     err = exc.errors()[0]
-    loc = ".".join(str(p) for p in err["loc"])
+    # A union's member tags (`batch_size.constrained-int`, `.literal['full']`) name no field: drop them.
+    loc = ".".join(str(p) for p in err["loc"] if not re.match(r"(constrained-|literal\[|function-)", str(p))
+                   and str(p) not in ("int", "float", "str", "bool"))
     if prefix:
         loc = f"{prefix}.{loc}" if loc else prefix
     if err["type"] == "extra_forbidden":
