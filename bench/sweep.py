@@ -222,7 +222,7 @@ class StoreCallback(tune.Callback):
         config = trial_config(trial.config)
         tid = config["trial_id"]
         if FINAL_KEY not in trial.last_result:  # a scheduler (ASHA) stopped it early
-            result = self._stopped_result(tid, trial.last_result)
+            result = self._stopped_result(tid, trial.last_result, config["train"]["epochs"])
         else:
             result = json.loads(trial.last_result[FINAL_KEY])
         status = result.get("status", "ok")
@@ -250,10 +250,12 @@ class StoreCallback(tune.Callback):
             self.progress.ok += 1
             self.progress.line(status, config, f"{_headline(result)} ({result['wall_s']:.1f}s)")
 
-    def _stopped_result(self, tid: str, last: dict[str, Any]) -> dict[str, Any]:
-        """What a stopped trial reached: its reported epochs (reports are per epoch under a scheduler)."""
+    def _stopped_result(self, tid: str, last: dict[str, Any], epochs: int) -> dict[str, Any]:
+        """What a stopped trial reached: its reported epochs (reports are per epoch under a scheduler).
+        ASHA also 'stops' a trial at its last epoch (max_t): that one ran to its end, it is ok."""
         history = [self.reports.get(tid, {})[e] for e in sorted(self.reports.get(tid, {}))]
-        return {"status": "stopped", "epochs": int(last.get("epoch", 0)), "history": history, "analysis": [],
+        reached = int(last.get("epoch", 0))
+        return {"status": "ok" if reached >= epochs else "stopped", "epochs": reached, "history": history, "analysis": [],
                 **{k: last.get(k) for k in ("train_loss", "train_acc", "val_acc", "val_loss", "test_acc", "test_loss")},
                 "wall_s": float(last.get("wall_s") or 0.0)}
 
@@ -474,7 +476,8 @@ def _launch(sweep: Sweep, store: ResultStore, location: storage.ResultsLocation,
         tracker.end_sweep(progress.ok, progress.failed)
         if not interrupted:  # checkpoints are for retries and resumes, not results
             location.remove_tree(tune_root)
-    return SweepOutcome(len(sweep.trials), skipped, progress.ok, progress.failed, progress.diverged)
+    return SweepOutcome(progress.total if sweep.tune is not None else len(sweep.trials), skipped, progress.ok,
+                        progress.failed, progress.diverged)
 
 
 # ------------------------------------------------------------------- tuned sweeps
@@ -518,7 +521,8 @@ def _run_tuned(sweep: Sweep, store: ResultStore, fit, launch: str, fresh: bool, 
                 scored = [r for r in finished if r.get(metric) is not None]
                 points = [{tuning.encode(k): v for k, v in json.loads(r["config"])["tuned"].items()} for r in scored]
                 searcher = OptunaSearch(
-                    space=tuning.tune_distributions(spec), metric=metric, mode=mode, seed=spec.seed,
+                    space=tuning.optuna_distributions(spec), metric=metric, mode=mode,
+                    seed=spec.seed + len(finished),  # a resumed study must not redraw its first random points
                     points_to_evaluate=points or None, evaluated_rewards=[r[metric] for r in scored] or None)
                 base = tuning.search_config(cell, spec, {})
                 fit(f"{launch}-search-{cell.id}",

@@ -175,15 +175,19 @@ def _draw(dist: dict[str, Any], rng: random.Random) -> Any:
     return math.exp(rng.uniform(math.log(args[0]), math.log(args[1])))
 
 
-def tune_distributions(spec: TuneSpec) -> dict[str, Any]:
-    """The space as Ray Tune distributions, under names without dots (for Tune's searchers)."""
-    from ray import tune  # only the orchestrator calls this
+def optuna_distributions(spec: TuneSpec) -> dict[str, Any]:
+    """The space as Optuna distributions (for TPE), under names without dots."""
+    from optuna import distributions as od
 
-    make = {"loguniform": tune.loguniform, "uniform": tune.uniform, "randint": tune.randint}
     out = {}
     for key, dist in spec.space.items():
         (name, args), = dist.items()
-        out[encode(key)] = tune.choice(args) if name == "choice" else make[name](*args)
+        if name == "choice":
+            out[encode(key)] = od.CategoricalDistribution(args)
+        elif name == "randint":
+            out[encode(key)] = od.IntDistribution(args[0], args[1] - 1)
+        else:
+            out[encode(key)] = od.FloatDistribution(args[0], args[1], log=name == "loguniform")
     return out
 
 

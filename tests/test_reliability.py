@@ -48,17 +48,30 @@ def slow_sweep(tmp_path: Path, name: str, epochs: list[int], sleep_s: float, **e
 
 
 def launch(sweep: Path, results: Path, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([BENCH, "run", str(sweep), "--results", str(results), *args], cwd=REPO,
-                            env={**os.environ, **PLUGIN_ENV}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+    """`bench run` in its own process group, its output in files (a pipe nobody reads would block it)."""
+    logs = Path(results).parent / f"launch-{time.monotonic_ns()}"
+    proc = subprocess.Popen([BENCH, "run", str(sweep), "--results", str(results), *args], cwd=REPO,
+                            env={**os.environ, **PLUGIN_ENV}, stdout=open(f"{logs}.out", "w"),
+                            stderr=open(f"{logs}.err", "w"), text=True, start_new_session=True)
+    proc.logs = logs
+    return proc
+
+
+def finish(proc: subprocess.Popen, timeout: float) -> tuple[int, str, str]:
+    """Wait for a launch; (exit code, stdout, stderr)."""
+    proc.wait(timeout=timeout)
+    return proc.returncode, Path(f"{proc.logs}.out").read_text(), Path(f"{proc.logs}.err").read_text()
 
 
 def wait_for(condition, timeout: float, what: str, proc: subprocess.Popen | None = None) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"bench run ended before {what}: {proc.stdout.read()[-3000:]} {proc.stderr.read()[-3000:]}")
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            _, out, err = finish(proc, 10)
+            raise AssertionError(f"bench run ended before {what}: {out[-3000:]} {err[-3000:]}")
+        if time.monotonic() > deadline:
+            proc_logs = "" if proc is None else Path(f"{proc.logs}.out").read_text()[-3000:]
+            raise AssertionError(f"timed out waiting for {what}: {proc_logs}")
         time.sleep(0.2)
 
 
@@ -92,8 +105,8 @@ def test_ctrl_c_then_kill_then_rerun_loses_nothing_and_retrains_nothing(tmp_path
     wait_for(lambda: len(ok_rows(results, name)) >= 1 and checkpoint_count(results, name) >= 2, 240,
              "one trial done and one past its first epoch", first)
     first.send_signal(signal.SIGINT)
-    out, err = first.communicate(timeout=120)
-    assert first.returncode == 130, out[-2000:] + err[-3000:]
+    code, out, err = finish(first, 120)
+    assert code == 130, out[-2000:] + err[-3000:]
     summary = [line for line in err.splitlines() if line.startswith("bench: interrupted:")]
     assert len(summary) == 1 and "run the same command again to resume" in summary[0], err[-3000:]
     assert "Traceback" not in err
@@ -105,11 +118,11 @@ def test_ctrl_c_then_kill_then_rerun_loses_nothing_and_retrains_nothing(tmp_path
     wait_for(lambda: len(ok_rows(results, name)) > len(done_first) or checkpoint_count(results, name) >= 3, 240,
              "the second launch to make progress", second)
     os.killpg(second.pid, signal.SIGKILL)  # the driver and the Ray it started: no cleanup at all
-    second.communicate(timeout=60)
+    finish(second, 60)
 
     third = launch(sweep, results)
-    out, err = third.communicate(timeout=300)
-    assert third.returncode == 0, out[-3000:] + err[-3000:]
+    code, out, err = finish(third, 300)
+    assert code == 0, out[-3000:] + err[-3000:]
 
     trials = ok_rows(results, name)
     assert len(trials) == 3 and trials.trial_id.is_unique and set(trials.status) == {"ok"}
@@ -187,8 +200,8 @@ def test_mlflow_down_mid_sweep_then_sync_gives_one_run_per_trial(tmp_path):
         proc = launch(sweep, results, "--mlflow-uri", uri, "--max-concurrent", "1")
         wait_for(lambda: len(ok_rows(results, name)) >= 1, 240, "the first trial", proc)
         stop_mlflow_server(server, signal.SIGKILL)  # the tracking server dies mid-sweep
-        out, err = proc.communicate(timeout=300)
-        assert proc.returncode == 0, out[-3000:] + err[-3000:]
+        code, out, err = finish(proc, 300)
+        assert code == 0, out[-3000:] + err[-3000:]
         assert err.count("bench: warning: MLflow") == 1, err[-3000:]  # reported once
         trials = ok_rows(results, name)
         assert len(trials) == 3 and set(trials.status) == {"ok"}

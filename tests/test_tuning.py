@@ -20,7 +20,7 @@ from bench.errors import BenchInputError
 from bench.spec import parse_sweep
 from bench import tuning
 from tests.helpers.digits import write_digits_imagefolder
-from tests.test_reliability import launch, ok_rows, wait_for
+from tests.test_reliability import finish, launch, ok_rows, wait_for
 
 SPACE = {"train.lr": {"loguniform": [1.0e-4, 1.0e-2]}}
 
@@ -154,10 +154,10 @@ def test_killing_the_driver_during_a_search_keeps_the_budget_exact(tmp_path):
     first = launch(path, results)
     wait_for(lambda: len(ok_rows(results, name)) >= 2, 240, "two search trials", first)
     os.killpg(first.pid, signal.SIGKILL)
-    first.communicate(timeout=60)
+    finish(first, 60)
     second = launch(path, results)
-    out, err = second.communicate(timeout=400)
-    assert second.returncode == 0, out[-3000:] + err[-3000:]
+    code, out, err = finish(second, 400)
+    assert code == 0, out[-3000:] + err[-3000:]
     trials = ok_rows(results, name)
     assert trials.trial_id.is_unique
     assert (trials.phase == "search").sum() == 4  # exactly num_samples for the one cell

@@ -60,7 +60,8 @@ def build_trial_data(
     is carved from the training set first and takes the test split's place: selection never
     sees the test set. The split is the same for every seed and size (so every search
     trial of a sweep is scored on the same images), class-stratified, and nested like the
-    subsets; the training subset is then taken from the rest.
+    subsets; the training subset is then taken from the rest (a fraction of the rest; an
+    image count, at most all of the rest).
     """
     splits = _cached_splits(json.dumps(dataset, sort_keys=True), input_kind)
     if val_size is None:
@@ -68,6 +69,8 @@ def build_trial_data(
         eval_x, eval_y = splits.test_x, splits.test_y
     else:
         val_idx, pool = validation_split(splits.train_y, val_size)
+        if train_size > 1 and int(train_size) > len(pool):
+            train_size = len(pool)  # an image count the split leaves too few for: every image left
         idx = pool[stratified_subset(splits.train_y[pool], train_size, seed)].sort().values
         eval_x, eval_y = splits.train_x[val_idx], splits.train_y[val_idx]
     device = torch.device(device)
