@@ -211,7 +211,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     sweep = load_sweep(args.sweep, args.overrides, smoke=args.smoke)
     models = sorted({t["model"] for t in sweep.trials})
-    print(f"{sweep.name}: {len(sweep.trials)} trials ({', '.join(models)})")
+    search = (f" after {len(sweep.cells)} searches of {sweep.tune.num_samples} trials ({sweep.tune.algorithm}"
+              f"{', ' + sweep.tune.scheduler.name if sweep.tune.scheduler else ''})" if sweep.tune is not None else "")
+    print(f"{sweep.name}: {len(sweep.trials)} trials ({', '.join(models)}){search}")
     return EXIT_OK
 
 

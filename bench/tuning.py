@@ -158,8 +158,11 @@ def plan_cells(trials: list[dict[str, Any]], axes: list[dict[str, Any]], per: li
 
 
 def random_samples(spec: TuneSpec, sweep: str, cell: Cell) -> list[dict[str, Any]]:
-    """The cell's `num_samples` random configurations: the same on every run of the sweep."""
-    seed = int(hashlib.sha256(f"{sweep}/{cell.id}/{spec.seed}".encode()).hexdigest()[:8], 16)
+    """The cell's `num_samples` random configurations: the same on every run of the sweep, and the
+    same for a cell of another sweep with the same space and seed (an ASHA search and a full-budget
+    one compare on the same samples)."""
+    space = json.dumps(spec.space, sort_keys=True)
+    seed = int(hashlib.sha256(f"{cell.id}/{space}/{spec.seed}".encode()).hexdigest()[:8], 16)
     rng = random.Random(seed)
     return [{key: _draw(dist, rng) for key, dist in spec.space.items()} for _ in range(spec.num_samples)]
 
@@ -226,7 +229,7 @@ def apply_values(config: dict[str, Any], values: dict[str, Any], **fields: Any) 
 def search_config(cell: Cell, spec: TuneSpec, values: dict[str, Any]) -> dict[str, Any]:
     """A search trial: the cell's template with `values`, trained without its validation split."""
     return apply_values(cell.template, values, phase="search", val_size=spec.val_size,
-                        tune_cell=cell.id, tuned=dict(values))
+                        tune_cell=cell.id, tuned=dict(values), analysis=[])  # analyses are for the final trials
 
 
 def final_config(member: dict[str, Any], values: dict[str, Any], selected_from: str,
