@@ -42,18 +42,30 @@ def test_the_experiment_files_are_all_there_with_header_and_smoke_section():
         assert isinstance(raw.get("smoke"), dict) and raw["smoke"], f"{name}.yaml: no smoke section"
 
 
+def validate(capsys, *args: str) -> tuple[int, str, str]:
+    """`bench validate` in this process (a subprocess per file would cost CI seconds each)."""
+    code = main(["validate", *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
 @pytest.mark.parametrize("path", SWEEPS, ids=[p.stem for p in SWEEPS])
-def test_every_sweep_file_validates_plain_and_as_smoke(path):
-    plain = run_cli("validate", str(path))
-    assert plain.returncode == 0, plain.stderr
+def test_every_sweep_file_validates_plain_and_as_smoke(path, capsys):
+    code, out, err = validate(capsys, str(path))
+    assert code == 0, err
     name = yaml.safe_load(path.read_text())["name"]
-    assert plain.stdout.startswith(f"{name}: ")
-    smoke = run_cli("validate", str(path), "--smoke")
+    assert out.startswith(f"{name}: ")
+    code, out, err = validate(capsys, str(path), "--smoke")
     if not has_smoke(path):  # older files are scaled down by --set (see their headers)
-        assert smoke.returncode == 2 and "no 'smoke:' section" in smoke.stderr
+        assert code == 2 and "no 'smoke:' section" in err
         return
-    assert smoke.returncode == 0, smoke.stderr
-    assert smoke.stdout.startswith(f"{name}-smoke: ")
+    assert code == 0, err
+    assert out.startswith(f"{name}-smoke: ")
+
+
+def test_validate_as_a_user_runs_it():
+    done = run_cli("validate", str(REPO / "sweeps" / "park2022_data_regime.yaml"), "--smoke")
+    assert done.returncode == 0 and done.stdout.startswith("park2022-data-regime-smoke: 4 trials"), done.stderr
 
 
 @pytest.mark.slow
