@@ -38,6 +38,8 @@ def plot_scaling(trials: pd.DataFrame) -> Any:
     frame = trials.copy()
     frame["x"] = frame["n_train"].fillna(frame["train_size"]) if "n_train" in frame else frame["train_size"]
     colors = model_colors(sorted(frame["model"].unique()))
+    if frame["x"].nunique() == 1:  # one training-set size: a bar per model, not lone dots on a size axis
+        return plot_single_size(frame, fig, acc_ax, nll_ax, colors)
     for column, ax, scale, label in ((("test_acc", acc_ax, 100.0, "test accuracy (%)")),
                                      (("test_loss", nll_ax, 1.0, "test NLL"))):
         stats = mean_std(frame.dropna(subset=[column]), ["model", "x"], column)
@@ -53,6 +55,29 @@ def plot_scaling(trials: pd.DataFrame) -> Any:
     acc_ax.set_title("Accuracy vs training-set size")
     nll_ax.set_title("NLL vs training-set size")
     acc_ax.legend(fontsize=8)
+    return fig
+
+
+def plot_single_size(frame: pd.DataFrame, fig: Any, acc_ax: Any, nll_ax: Any, colors: dict[str, Any]) -> Any:
+    """Test accuracy and NLL per model (mean, +-1 std over seeds as error bars) at the one training-set size."""
+    from bench.analysis.figures import mean_std
+
+    size = frame["x"].iloc[0]
+    size_text = f"{int(size):,} training images" if size > 1 else f"training fraction {size:g}"
+    for column, ax, scale, label in (("test_acc", acc_ax, 100.0, "test accuracy (%)"), ("test_loss", nll_ax, 1.0,
+                                                                                         "test NLL")):
+        stats = mean_std(frame.dropna(subset=[column]), ["model"], column).sort_values("model")
+        positions = range(len(stats))
+        ax.bar(positions, scale * stats["mean"], yerr=scale * stats["std"], capsize=4,
+               color=[colors[m] for m in stats["model"]], alpha=0.85)
+        for i, (mean, count) in enumerate(zip(scale * stats["mean"], stats["count"])):
+            ax.annotate(f"{mean:.3g} (n={int(count)})", (i, mean), ha="center", va="bottom", fontsize=8,
+                        xytext=(0, 3), textcoords="offset points")
+        ax.set_xticks(list(positions), stats["model"].tolist())
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3, axis="y")
+    acc_ax.set_title(f"Accuracy ({size_text})")
+    nll_ax.set_title(f"NLL ({size_text})")
     return fig
 
 

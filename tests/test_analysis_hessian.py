@@ -105,6 +105,9 @@ def test_hessian_analysis_records_spectrum_summaries_and_cost():
     assert by("ape")[0]["value"] == pytest.approx(sum(positive) / len(positive))
     assert by("hvps_total")[0]["value"] == sum(r["value"] for r in by("batch_hvps")) > 0
     assert by("hvps_per_eigenvalue")[0]["value"] == pytest.approx(by("hvps_total")[0]["value"] / 4)
+    flags = by("eigenvalue_converged")
+    assert [r["index"] for r in flags] == [0, 1, 2, 3] and {r["value"] for r in flags} <= {0.0, 1.0}
+    assert sum(r["value"] for r in flags) / 4 == pytest.approx(by("converged_share")[0]["value"])
     assert by("s_per_hvp")[0]["value"] > 0 and by("wall_s")[0]["value"] > 0
     assert by("l2_coefficient")[0]["value"] == 0.05 and by("n_batches")[0]["value"] == 2
     assert_same_state(model, before)

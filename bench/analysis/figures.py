@@ -58,3 +58,10 @@ def band(ax: Axes, x: np.ndarray, mean: np.ndarray, std: np.ndarray, color: Any,
 
 def no_data(ax: Axes, what: str) -> None:
     ax.text(0.5, 0.5, f"no {what} rows", ha="center", va="center", transform=ax.transAxes, color="0.4")
+
+
+def legend_outside(fig: Figure, ax: Axes) -> None:
+    """The axes' legend to the right of the plot, where it cannot cover a curve or its band."""
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="outside right upper", fontsize=8, frameon=False)

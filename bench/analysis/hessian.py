@@ -224,8 +224,12 @@ def hessian_analysis(ctx: AnalysisContext, options: HessianOptions) -> list[dict
     for b, batch in enumerate(batches):
         result = batch_eigenvalues(model, loss_fn, batch, options.k, options.tol, options.max_iter, l2,
                                    options.seed + b)
-        for j, value in enumerate(result.eigenvalues):
+        for j, (value, done) in enumerate(zip(result.eigenvalues, result.converged)):
             rows.append({"metric": "eigenvalue", "layer": None, "index": b * options.k + j, "value": value})
+            # 1 if it met the tolerance, 0 if it is the best estimate when max_iter ran out. An estimate
+            # is still a Rayleigh quotient: a negative one proves an eigenvalue at least that negative.
+            rows.append({"metric": "eigenvalue_converged", "layer": None, "index": b * options.k + j,
+                         "value": float(done)})
         rows.append({"metric": "batch_hvps", "layer": None, "index": b, "value": result.hvps})
         values += result.eigenvalues
         hvps += result.hvps
@@ -247,31 +251,88 @@ def hessian_analysis(ctx: AnalysisContext, options: HessianOptions) -> list[dict
     return rows
 
 
-@register_plot("hessian")
-def plot_hessian(frame: Any) -> Any:
-    """Eigenvalue spectra per model (histogram of every batch's top-k, log density), NEP/APE in the legend."""
-    from bench.analysis.figures import new_figure, model_colors, last_epoch
+def symlog_threshold(values: Any) -> float | None:
+    """The linear range of a symmetric-log eigenvalue axis, or None when a linear axis shows every value.
 
-    frame = last_epoch(frame)
-    eig = frame[frame["metric"] == "eigenvalue"]
-    fig, ax = new_figure(1, 1, width=6.4, height=4.2)
-    ax = ax[0]
-    colors = model_colors(sorted(eig["model"].unique()))
+    Spectra of different models differ by orders of magnitude (a ResNet's top eigenvalue can be
+    100x a ViT's) and the negative values that matter are often small: on a linear axis they
+    sit on top of each other at 0. Linear when all magnitudes are within 20x of each other.
+    """
     import numpy as np
 
-    if len(eig):
-        lo, hi = float(eig["value"].min()), float(eig["value"].max())
-        pad = 0.05 * max(hi - lo, 1e-9)
-        bins = np.linspace(lo - pad, hi + pad, 40)
-        for model, group in eig.groupby("model"):
-            values = group["value"].to_numpy()
-            summary = spectrum_summary(values.tolist())
-            ax.hist(values, bins=bins, density=True, histtype="step", linewidth=1.8, color=colors[model],
-                    label=f"{model}: NEP {summary['nep']:.2f}, APE {summary['ape']:.3g} (n={len(values)})")
-        ax.set_yscale("log")
-        ax.axvline(0.0, color="0.5", linewidth=0.8, linestyle=":")
-        ax.legend(fontsize=8)
-    ax.set_xlabel("Hessian eigenvalue (top-k per mini-batch)")
-    ax.set_ylabel("density")
-    ax.set_title("Hessian max-eigenvalue spectrum")
+    mags = np.abs(np.asarray(values, dtype=float))
+    mags = mags[np.isfinite(mags) & (mags > 0)]
+    if len(mags) == 0 or mags.max() / mags.min() < 20:
+        return None
+    return float(max(10 ** np.floor(np.log10(mags.min())), mags.max() * 1e-4))
+
+
+@register_plot("hessian")
+def plot_hessian(frame: Any) -> Any:
+    """Per model (and per analysed epoch, when the spectrum was also taken during training, e.g. at
+    the end of warmup), every batch's top-k eigenvalues (left, one row each) and their cumulative
+    share (right: the spectrum as an empirical CDF; its height just left of 0 is NEP), with NEP and
+    APE in the legend.
+
+    Not the paper's histogram density: with the tens of eigenvalues a CPU run affords, a density
+    is mostly empty bins on a log axis. Both panels share a symmetric-log axis when the models'
+    magnitudes differ (see `symlog_threshold`). Earlier epochs are drawn hollow and dashed.
+    """
+    import numpy as np
+
+    from bench.analysis.figures import metric, model_colors, new_figure, no_data
+
+    eig = metric(frame, "eigenvalue")
+    if "epoch" not in eig.columns or eig["epoch"].isna().all():
+        eig = eig.assign(epoch=0)
+    groups = sorted({(m, int(e)) for m, e in zip(eig["model"], eig["epoch"].fillna(0))})
+    fig, (strip, cdf) = new_figure(1, 2, width=11.0, height=max(4.8, 1.8 + 0.55 * len(groups)))
+    if eig.empty:
+        no_data(strip, "eigenvalue")
+        no_data(cdf, "eigenvalue")
+        return fig
+    colors = model_colors(sorted({m for m, _ in groups}))
+    last = {m: max(e for mm, e in groups if mm == m) for m, _ in groups}
+    several = any(sum(1 for mm, _ in groups if mm == m) > 1 for m in last)
+    shares = metric(frame, "converged_share")
+    rng = np.random.default_rng(0)  # jitter only spreads overlapping dots; fixed so figures are reproducible
+    names = []
+    for row, (model, epoch) in enumerate(groups):
+        group = eig[(eig["model"] == model) & (eig["epoch"].fillna(0) == epoch)]
+        values = np.sort(group["value"].to_numpy(dtype=float))
+        summary = spectrum_summary(values.tolist())
+        name = f"{model}, epoch {epoch}" if several else model
+        names.append(name)
+        ape = "n/a" if math.isnan(summary["ape"]) else f"{summary['ape']:.3g}"
+        label = f"{name}: NEP {summary['nep']:.2f}, APE {ape} (n={len(values)}, {group['trial_id'].nunique()} trial(s)"
+        converged = shares[(shares["model"] == model) & (shares["epoch"].fillna(0) == epoch)]["value"] \
+            if "epoch" in shares.columns else shares[shares["model"] == model]["value"]
+        if len(converged):
+            label += f", {100 * converged.mean():.0f}% converged"
+        label += ")"
+        final = epoch == last[model]
+        strip.scatter(values, row + rng.uniform(-0.22, 0.22, len(values)), s=16, alpha=0.8,
+                      color=colors[model] if final else "none", edgecolors="none" if final else colors[model],
+                      label=label)
+        share = np.arange(1, len(values) + 1) / len(values)
+        cdf.step(np.concatenate([[values[0]], values]), np.concatenate([[0.0], share]), where="post",
+                 linewidth=1.8, color=colors[model], linestyle="-" if final else "--", label=label)
+    threshold = symlog_threshold(eig["value"])
+    for ax in (strip, cdf):
+        if threshold is not None:
+            ax.set_xscale("symlog", linthresh=threshold)
+        ax.axvline(0.0, color="0.4", linewidth=0.9, linestyle=":")
+        ax.grid(alpha=0.3, axis="x")
+        scale = "" if threshold is None else f" (symlog, linear within ±{threshold:.3g})"
+        ax.set_xlabel(f"Hessian eigenvalue{scale}")
+    strip.set_yticks(range(len(groups)), names)
+    strip.set_ylim(-0.6, len(groups) - 0.4)
+    strip.invert_yaxis()
+    strip.set_title("Hessian spectrum: top-k eigenvalues of every mini-batch")
+    cdf.set_ylim(0.0, 1.02)
+    cdf.set_ylabel("share of eigenvalues ≤ x")
+    cdf.set_title("Spectrum as a cumulative share (height at 0 = NEP)")
+    # Below both panels: inside, it covers the curves it explains.
+    fig.legend(*cdf.get_legend_handles_labels(), loc="outside lower center", ncol=2 if len(groups) > 3 else 1,
+               fontsize=7.5, frameon=False)
     return fig

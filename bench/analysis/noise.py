@@ -101,10 +101,10 @@ def noise_analysis(ctx: AnalysisContext, options: NoiseOptions) -> list[dict[str
 @register_plot("noise")
 def plot_noise(frame: Any) -> Any:
     """Accuracy drop against the noise frequency per model; white noise as a dashed line of the model's colour."""
-    from bench.analysis.figures import band, last_epoch, mean_std, model_colors, new_figure, no_data
+    from bench.analysis.figures import band, last_epoch, legend_outside, mean_std, model_colors, new_figure, no_data
 
     frame = last_epoch(frame)
-    fig, (ax,) = new_figure(1, 1, width=6.8, height=4.2)
+    fig, (ax,) = new_figure(1, 1, width=8.6, height=4.2)
     colors = model_colors(sorted(frame["model"].dropna().unique()))
     drops = frame[(frame["metric"] == "acc_drop") & (frame["layer"] == "band")]
     freqs = frame[frame["metric"] == "band_frequency"][["trial_id", "index", "value"]].rename(columns={"value": "f"})
@@ -125,5 +125,5 @@ def plot_noise(frame: Any) -> Any:
     ax.set_xlabel("noise frequency (x pi)")
     ax.set_ylabel("accuracy drop (percentage points)")
     ax.set_title("Robustness to frequency-band noise")
-    ax.legend(fontsize=8)
+    legend_outside(fig, ax)
     return fig

@@ -42,9 +42,9 @@ def variance_analysis(ctx: AnalysisContext, options: VarianceOptions) -> list[di
 @register_plot("variance")
 def plot_variance(frame: Any) -> Any:
     """Feature-map variance against normalised depth per model (log scale: it grows along the stream)."""
-    from bench.analysis.figures import model_colors, new_figure, no_data
+    from bench.analysis.figures import legend_outside, model_colors, new_figure, no_data
 
-    fig, (ax,) = new_figure(1, 1, width=6.8, height=4.2)
+    fig, (ax,) = new_figure(1, 1, width=8.0, height=4.2)
     curves = per_block_curves(frame, "variance")
     if curves.empty:
         no_data(ax, "variance")
@@ -52,7 +52,7 @@ def plot_variance(frame: Any) -> Any:
         draw_per_block(ax, curves, model_colors(sorted(frame["model"].dropna().unique())))
         if (curves["mean"] > 0).all():
             ax.set_yscale("log")
-        ax.legend(fontsize=8)
+        legend_outside(fig, ax)
     ax.set_ylabel("feature-map variance")
     ax.set_title("Feature-map variance vs depth")
     return fig
