@@ -138,7 +138,11 @@ def _blank_per_trial(config: str, seed, trial_id, sweep) -> str:
     if not isinstance(config, str):
         return ""
     if seed is not None and not (isinstance(seed, float) and math.isnan(seed)):
-        config = config.replace(f'"seed": {int(seed)}', '"seed": null', 1)
+        # Keys are sorted, and what follows the trial's own seed (source, stage, train, ...) holds no
+        # `seed`, while analysis options before it may (`hessian: {seed: 0}`): the last one is the trial's.
+        head, found, tail = config.rpartition(f'"seed": {int(seed)}')
+        if found:
+            config = f'{head}"seed": null{tail}'
     for key, value in (("trial_id", trial_id), ("sweep", sweep)):
         if isinstance(value, str):
             config = config.replace(f'"{key}": {json.dumps(value)}', f'"{key}": null', 1)
