@@ -225,6 +225,7 @@ class StoreCallback(tune.Callback):
             result = self._stopped_result(tid, trial.last_result, config["train"]["epochs"])
         else:
             result = json.loads(trial.last_result[FINAL_KEY])
+        self.reports.pop(tid, None)
         status = result.get("status", "ok")
         error = f"diverged: train_loss not finite at epoch {result['diverged_epoch']}" if status == "diverged" else None
         row = trial_row(config, status=status, result=result, error=error, mlflow_run_id=self.run_ids.get(tid),
@@ -283,6 +284,7 @@ class StoreCallback(tune.Callback):
             self.tracker.end_trial(self.run_ids.get(tid), row)
         self.progress.running -= 1
         self.progress.latest_epoch.pop(tid, None)
+        self.reports.pop(tid, None)
         self.progress.failed += 1
         self.progress.line("FAILED", config, _error_line(trial))
 
