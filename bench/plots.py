@@ -49,9 +49,11 @@ def plot_scaling(trials: pd.DataFrame) -> Any:
                  colors[model], f"{model} (n={int(group['count'].max())} per point)")
         if frame["x"].nunique() > 1 and (frame["x"] > 0).all():
             ax.set_xscale("log")
+        label_sizes(ax, frame["x"])
         ax.set_xlabel("training images")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
+    reference_lines(acc_ax, frame)
     acc_ax.set_title("Accuracy vs training-set size")
     nll_ax.set_title("NLL vs training-set size")
     acc_ax.legend(fontsize=8)
@@ -79,6 +81,35 @@ def plot_single_size(frame: pd.DataFrame, fig: Any, acc_ax: Any, nll_ax: Any, co
     acc_ax.set_title(f"Accuracy ({size_text})")
     nll_ax.set_title(f"NLL ({size_text})")
     return fig
+
+
+#: Exact accuracies of reference rules stored with each trial (spatial data), drawn as lines.
+REFERENCE_RULES = (("baseline_chance", "chance"), ("baseline_counting", "counting rule"), ("baseline_bayes", "Bayes rule"))
+
+
+def label_sizes(ax: Any, sizes: pd.Series) -> None:
+    """Ticks at the training-set sizes the sweep has, as plain numbers (a log axis would
+    otherwise label 3x10^2, 6x10^2 and leave 256 and 1024 to guess)."""
+    from matplotlib.ticker import FixedLocator, NullLocator
+
+    values = sorted(v for v in sizes.dropna().unique())
+    if not values or len(values) > 12:
+        return
+    ax.xaxis.set_major_locator(FixedLocator(values))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xticklabels([f"{v:g}" if v <= 1 else f"{int(round(v)):,}" for v in values])
+
+
+def reference_lines(ax: Any, trials: pd.DataFrame) -> None:
+    """Dashed lines at the reference rules' accuracies when every trial has the same one."""
+    for column, name in REFERENCE_RULES:
+        if column not in trials.columns:
+            continue
+        values = trials[column].dropna().unique()
+        if len(values) == 1:
+            ax.axhline(100.0 * values[0], color="0.45", linestyle="--", linewidth=1.0)
+            ax.annotate(f"{name} {100.0 * values[0]:.1f}", (0.0, 100.0 * values[0]), xycoords=("axes fraction", "data"),
+                        xytext=(3, 2), textcoords="offset points", fontsize=7, color="0.35", va="bottom")
 
 
 def analysis_frames(trials: pd.DataFrame, analysis: pd.DataFrame) -> dict[str, pd.DataFrame]:

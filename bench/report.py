@@ -92,8 +92,8 @@ def sweep_text(trials: pd.DataFrame, sweep_file: str | None) -> tuple[str, str]:
     configs = [flatten(json.loads(c)) for c in trials["config"].dropna()] if "config" in trials else []
     if not configs:
         return "no stored configs", ""
-    skip = {"trial_id", "sweep", "source"}
-    keys = sorted({k for c in configs for k in c} - skip)
+    skip = {"trial_id", "sweep", "source"}  # and `recorded.*`: what a trial recorded (parameter groups), not its setting
+    keys = sorted(k for k in {k for c in configs for k in c} - skip if not k.startswith("recorded."))
     common: dict[str, Any] = {}
     grid: dict[str, list[Any]] = {}
     for key in keys:
@@ -102,6 +102,8 @@ def sweep_text(trials: pd.DataFrame, sweep_file: str | None) -> tuple[str, str]:
             v = c.get(key)
             if v not in values:
                 values.append(v)
+        if key.startswith("model_args.") and None in values and len(values) == 2:
+            values.remove(None)  # absent for the models that do not take it: the sweep's model_args, not a grid axis
         if len(values) == 1:
             common[key] = values[0]
         else:

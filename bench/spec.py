@@ -63,6 +63,10 @@ class TrainSpec(_Strict):
     cutmix_alpha: float = Field(0.8, gt=0)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     grad_clip: float | None = Field(None, gt=0)
+    #: Training steps in bf16 autocast ('auto': on a GPU that has bf16; fp32 on a CPU). Analyses run in fp32.
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    #: `torch.compile` the model for the training steps; the compile time is recorded apart (`compile_s`).
+    compile: bool = False
 
 
 class ResourcesSpec(_Strict):
@@ -637,20 +641,29 @@ HASHED_FIELDS = ("stage", "dataset", "model", "model_args", "train", "train_size
 #: Hashed only when set, so the ids of trials without them never change: a tuned sweep's
 #: search trials (`phase: search`, trained without a validation split of `val_size`).
 OPTIONAL_HASHED_FIELDS = ("phase", "val_size")
-_TRAIN_DEFAULTS = TrainSpec().model_dump()
+#: The train values a trial id leaves out: the defaults of the first release, frozen here and
+#: never edited. A default may change later (a better lr, warmup); a trial at the *new* default
+#: then hashes with it, so an old result is never mistaken for a trial it did not run. A new
+#: field is added here with the value that keeps the old behaviour.
+HASH_REFERENCE_TRAIN: dict[str, Any] = {
+    "epochs": 10, "batch_size": 128, "optimizer": "adamw", "lr": 0.001, "weight_decay": 0.05, "momentum": 0.9,
+    "schedule": "cosine", "warmup_epochs": 0.0, "step_milestones": [0.5, 0.75], "step_gamma": 0.1, "augment": [],
+    "crop_padding": 4, "randaugment_n": 2, "randaugment_m": 9, "mixup_alpha": 1.0, "cutmix_alpha": 0.8,
+    "label_smoothing": 0.0, "grad_clip": None, "precision": "auto", "compile": False,
+}
 
 
 def trial_id(config: dict[str, Any]) -> str:
     """A stable 12-hex-digit hash of the resolved trial config.
 
-    Fields left at their schema default are left out of the hash, so adding a new
-    option to a later bench (with a default that keeps the old behaviour) does not
-    change the ids of existing results. Paths (dataset root) are left out too: the
+    Train fields at their reference value (HASH_REFERENCE_TRAIN) are left out of the hash,
+    so adding a new option to a later bench (with a value that keeps the old behaviour)
+    does not change the ids of existing results. Paths (dataset root) are left out too: the
     same data on another machine is the same trial.
     """
     view = {k: config.get(k) for k in HASHED_FIELDS}
     view.update({k: config[k] for k in OPTIONAL_HASHED_FIELDS if config.get(k) is not None})
-    view["train"] = {k: v for k, v in config["train"].items() if _TRAIN_DEFAULTS.get(k, object()) != v}
+    view["train"] = {k: v for k, v in config["train"].items() if HASH_REFERENCE_TRAIN.get(k, object()) != v}
     view["dataset"] = data_registry.dataset_hash_view(config["dataset"])
     text = json.dumps(view, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:12]

@@ -78,6 +78,9 @@ TRIALS_SCHEMA = pa.schema(
         ("budget_trials", pa.int64()),
         ("budget_epochs", pa.int64()),
         ("budget_wall_s", pa.float64()),
+        # Speed (issue 12): seconds the first `torch.compile`d step took (None: not compiled),
+        # left out of train_samples_per_s.
+        ("compile_s", pa.float64()),
     ]
 )
 
@@ -352,4 +355,5 @@ def trial_row(
         "budget_trials": (config.get("budget") or {}).get("trials"),
         "budget_epochs": (config.get("budget") or {}).get("epochs"),
         "budget_wall_s": (config.get("budget") or {}).get("wall_s"),
+        "compile_s": result.get("compile_s"),
     }

@@ -17,6 +17,7 @@ import re
 import signal
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -41,7 +42,7 @@ from bench.lock import sweep_lock  # noqa: E402
 from bench.errors import BenchInputError, DataUnavailable  # noqa: E402
 from bench.spec import SINGLE_STAGE, Sweep  # noqa: E402
 from bench.store import ResultStore, now_utc, trial_row  # noqa: E402
-from bench.tracking import Tracker, check_reachable, resolve_tracking  # noqa: E402
+from bench.tracking import BackgroundTracker, Tracker, check_reachable, resolve_tracking  # noqa: E402
 from bench.train import run_trial  # noqa: E402
 
 STATE_FILE = "state.pt"
@@ -184,7 +185,7 @@ def _duration(seconds: float) -> str:
 class StoreCallback(tune.Callback):
     """Writes each finished trial to Parquet and MLflow the moment Tune reports it."""
 
-    def __init__(self, store: ResultStore, tracker: Tracker | None, progress: Progress,
+    def __init__(self, store: ResultStore, tracker: BackgroundTracker | None, progress: Progress,
                  keep_weights: set[str] | frozenset[str] = frozenset()):
         self.store, self.tracker, self.progress = store, tracker, progress
         self.keep_weights = set(keep_weights)  # stages whose final weights a later stage starts from
@@ -228,7 +229,8 @@ class StoreCallback(tune.Callback):
         self.reports.pop(tid, None)
         status = result.get("status", "ok")
         error = f"diverged: train_loss not finite at epoch {result['diverged_epoch']}" if status == "diverged" else None
-        row = trial_row(config, status=status, result=result, error=error, mlflow_run_id=self.run_ids.get(tid),
+        row = trial_row(config, status=status, result=result, error=error,
+                        mlflow_run_id=BackgroundTracker.run_id(self.run_ids.get(tid)),
                         started_at=self.started_at.get(tid), attempts=self.attempts.get(tid, 1))
         self.store.write_epochs(tid, result["history"])
         self.store.write_analysis(tid, result.get("analysis") or [])
@@ -277,7 +279,7 @@ class StoreCallback(tune.Callback):
         config = trial_config(trial.config)
         tid = config["trial_id"]
         error = _error_text(trial)
-        row = trial_row(config, status="failed", error=error, mlflow_run_id=self.run_ids.get(tid),
+        row = trial_row(config, status="failed", error=error, mlflow_run_id=BackgroundTracker.run_id(self.run_ids.get(tid)),
                         started_at=self.started_at.get(tid), attempts=self.attempts.get(tid, 1))
         self.store.write_trial(row)
         if self.tracker:
@@ -356,6 +358,13 @@ def _ready_to_run(trials: list[dict[str, Any]], store: ResultStore, callback: "S
     return runnable
 
 
+def _import_mlflow() -> None:
+    try:
+        import mlflow.tracking  # noqa: F401
+    except Exception:  # the tracker reports MLflow problems where it is created
+        pass
+
+
 def connect_ray(address: str | None) -> bool:
     """Join `address` (or RAY_ADDRESS), reuse a running ray, or start a local one; True if we started it."""
     # Tune warns that it finds no result.json: our store replaces its loggers on purpose.
@@ -398,6 +407,7 @@ def run_sweep(
     uri, artifact_location = resolve_tracking(results_dir, mlflow_uri)
     check_reachable(uri)
 
+    threading.Thread(target=_import_mlflow, daemon=True).start()  # seconds of imports, while Ray starts
     started_ray = connect_ray(address)
     try:  # shared storage, a tracking server, a node that fits a trial: before anything is written
         storage.check_cluster(location, uri, sweep.resources.cpus_per_trial, sweep.resources.gpus_per_trial)
@@ -419,7 +429,7 @@ def _launch(sweep: Sweep, store: ResultStore, location: storage.ResultsLocation,
             skipped: int, uri: str, artifact_location: str | None, results_dir: str | os.PathLike[str],
             max_concurrent: int | None, fresh: bool, out: TextIO | None) -> SweepOutcome:
     """The stages of one launch, in order, under the sweep's lock."""
-    tracker = Tracker(uri, sweep.name, artifact_location)
+    tracker = BackgroundTracker(lambda: Tracker(uri, sweep.name, artifact_location))  # off the Tune loop's path
     tracker.start_sweep(sweep.name, sweep.description, len(sweep.trials), len(pending), sweep.source_path)
     res = sweep.resources
     concurrency = max_concurrent or res.max_concurrent
@@ -447,6 +457,9 @@ def _launch(sweep: Sweep, store: ResultStore, location: storage.ResultsLocation,
             param_space={**common, **param_space},
             tune_config=tune.TuneConfig(
                 max_concurrent_trials=concurrency,
+                # A finished trial's worker process (torch and the zoo imported, caches warm) runs the
+                # next trial instead of a new process being started for it: seconds per trial.
+                reuse_actors=True,
                 trial_dirname_creator=lambda trial: trial_config(trial.config)["trial_id"],
                 trial_name_creator=lambda trial: trial_config(trial.config)["trial_id"],
                 **tune_options,
@@ -476,6 +489,7 @@ def _launch(sweep: Sweep, store: ResultStore, location: storage.ResultsLocation,
         raise SweepInterrupted(_interrupted_summary(sweep, store, progress)) from None
     finally:
         tracker.end_sweep(progress.ok, progress.failed)
+        tracker.close()  # every queued MLflow call done: the launch's runs are finished
         if not interrupted:  # checkpoints are for retries and resumes, not results
             location.remove_tree(tune_root)
     return SweepOutcome(progress.total if sweep.tune is not None else len(sweep.trials), skipped, progress.ok,

@@ -14,8 +14,9 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from bench.errors import BenchInputError
 
@@ -213,3 +214,71 @@ class Tracker:
             params=[Param(k, v[:6000]) for k, v in (params or {}).items()],
             tags=[RunTag(k, v) for k, v in (tags or {}).items()],
         )
+
+
+class BackgroundTracker:
+    """A Tracker whose calls run in order on one thread of their own, so the Tune loop that
+    schedules trials never waits for MLflow (creating the store, its migrations, a run per
+    trial, a slow server). The Parquet store is written by the caller as before.
+
+    `start_trial` returns a handle (a Future of the run id) that later calls take in place
+    of the run id; `run_id(handle)` waits for it where a row needs it. `close()` waits for
+    every queued call: a launch ends with its runs finished.
+    """
+
+    def __init__(self, make: Callable[[], Tracker]):
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bench-mlflow")
+        self._tracker: Future = self._pool.submit(self._make, make)
+
+    @staticmethod
+    def _make(make: Callable[[], Tracker]) -> Tracker | None:
+        try:
+            return make()
+        except Exception as exc:
+            print(f"bench: warning: MLflow is not available ({' '.join(str(exc).split())[:300]}); results still go "
+                  "to Parquet; backfill later with: bench results sync-mlflow SWEEP", file=sys.stderr)
+            return None
+
+    def _call(self, method: str, *args: Any) -> Future:
+        def run() -> Any:
+            tracker = self._tracker.result()
+            if tracker is None:
+                return None
+            resolved = [self.run_id(a) if isinstance(a, Future) else a for a in args]
+            return getattr(tracker, method)(*resolved)
+
+        return self._pool.submit(run)
+
+    @staticmethod
+    def run_id(handle: "Future | str | None") -> str | None:
+        """The run id behind a handle (waits for its creation), None if it has none."""
+        if not isinstance(handle, Future):
+            return handle
+        try:
+            return handle.result()
+        except Exception:
+            return None
+
+    def start_sweep(self, name: str, description: str, n_trials: int, n_pending: int, source: str | None) -> Future:
+        return self._call("start_sweep", name, description, n_trials, n_pending, source)
+
+    def start_trial(self, config: dict[str, Any]) -> Future:
+        return self._call("start_trial", config)
+
+    def log_epoch(self, run: Future | None, row: dict[str, Any]) -> None:
+        self._call("log_epoch", run, dict(row))
+
+    def log_history(self, run: Future | None, history: list[dict[str, Any]]) -> None:
+        self._call("log_history", run, list(history))
+
+    def log_weights(self, run: Future | None, trial_id: str, state: dict[str, Any]) -> None:
+        self._call("log_weights", run, trial_id, state)
+
+    def end_trial(self, run: Future | None, row: dict[str, Any]) -> None:
+        self._call("end_trial", run, dict(row))
+
+    def end_sweep(self, ok: int, failed: int) -> None:
+        self._call("end_sweep", ok, failed)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bench import accel
 from bench.analysis import AnalysisContext, due, run_analysis
 from bench.data import DeviceLoader, TrialData, build_trial_data
 from bench.data.shuffle import BlockShuffle
@@ -103,7 +104,8 @@ def lr_factor(step: int, steps_per_epoch: int, train: dict[str, Any]) -> float:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: TrialData, batch_size: int | None = None) -> tuple[float, float]:
+def evaluate(model: nn.Module, data: TrialData, batch_size: int | None = None,
+             amp: torch.dtype | None = None, fmt: torch.memory_format = torch.contiguous_format) -> tuple[float, float]:
     """(NLL, accuracy) on the test split, in batches of about 4M input values, one sync at the end.
 
     Small inputs (pa_theory's patch vectors) are evaluated in a few large batches: a long
@@ -116,10 +118,11 @@ def evaluate(model: nn.Module, data: TrialData, batch_size: int | None = None) -
     nll = torch.zeros((), device=data.test_x.device, dtype=torch.float64)
     correct = torch.zeros((), device=data.test_x.device, dtype=torch.long)
     for start in range(0, n, batch_size):
-        x = data.normalize(data.test_x[start : start + batch_size])
+        x = accel.to_memory_format(data.normalize(data.test_x[start : start + batch_size]), fmt)
         y = data.test_y[start : start + batch_size]
-        logits = model(x)
-        nll += F.cross_entropy(logits, y, reduction="sum").double()
+        with accel.autocast(x.device, amp):
+            logits = model(x)
+        nll += F.cross_entropy(logits.float(), y, reduction="sum").double()
         correct += (logits.argmax(dim=1) == y).sum()
     return nll.item() / n, correct.item() / n
 
@@ -189,7 +192,11 @@ def run_trial(
     started = time.perf_counter()
     train = config["train"]
     dev = resolve_device(device)
-    input_kind = model_entry(config["model"]).input_kind
+    entry = model_entry(config["model"])
+    input_kind = entry.input_kind
+    accel.configure_device(dev)
+    amp = accel.autocast_dtype(dev, train.get("precision", "auto"))
+    fmt = accel.memory_format(entry.family, dev)
 
     torch.manual_seed(config["seed"])
     # A search trial of a tuned sweep is scored on a validation split and never sees the test set.
@@ -201,6 +208,9 @@ def run_trial(
     transfer_info = prepare_transfer(model, config, source_state)
     params = count_params(model)
     flops = count_flops(model, data.input_shape)
+    model = model.to(memory_format=fmt)
+    step_model = accel.compiled(model, train.get("compile", False))
+    compile_s: float | None = None
 
     generator = torch.Generator(device=dev).manual_seed(config["seed"])
     loader = make_loader(data, train, generator)
@@ -232,8 +242,13 @@ def run_trial(
         loss_sum = torch.zeros((), device=dev)
         correct = torch.zeros((), device=dev, dtype=torch.long)
         for x, y in loader:
-            logits = model(x)
-            loss = classification_loss(logits, y, train["label_smoothing"])
+            first_compiled_step = step_model is not model and compile_s is None
+            if first_compiled_step:
+                accel.sync(dev)
+                step_started = time.perf_counter()
+            with accel.autocast(dev, amp):
+                logits = step_model(accel.to_memory_format(x, fmt))
+                loss = classification_loss(logits.float(), y, train["label_smoothing"])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if train["grad_clip"]:
@@ -243,11 +258,14 @@ def run_trial(
             loss_sum += loss.detach() * len(y)
             hard = y if y.ndim == 1 else y.argmax(dim=1)  # mixed targets: the dominant class
             correct += (logits.detach().argmax(dim=1) == hard).sum()
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
+            if first_compiled_step:  # the compile, apart from training throughput
+                accel.sync(dev)
+                compile_s = time.perf_counter() - step_started
+                epoch_start += compile_s
+        accel.sync(dev)
         train_time += time.perf_counter() - epoch_start
         samples_seen += data.n_train
-        eval_loss, eval_acc = evaluate(model, data)
+        eval_loss, eval_acc = evaluate(model, data, amp=amp, fmt=fmt)
         row = {
             "epoch": epoch + 1,
             "train_loss": loss_sum.item() / data.n_train,
@@ -276,7 +294,7 @@ def run_trial(
         last = history[-1]
         eval_loss, eval_acc, train_loss, train_acc = last[loss_key], last[acc_key], last["train_loss"], last["train_acc"]
     else:  # epochs: 0 evaluates the initialisation
-        eval_loss, eval_acc = evaluate(model, data)
+        eval_loss, eval_acc = evaluate(model, data, amp=amp, fmt=fmt)
         train_loss = train_acc = None
     return {
         "trial_id": config.get("trial_id"),
@@ -295,7 +313,10 @@ def run_trial(
         "wall_s": elapsed_before + time.perf_counter() - started,
         "train_samples_per_s": samples_seen / train_time if train_time > 0 else None,
         "device": device_name(dev),
+        "compile_s": compile_s,
         "recorded": {"param_groups": decay_groups(model), "steps_per_epoch": steps_per_epoch,
+                     "precision": str(amp).removeprefix("torch.") if amp else "fp32",
+                     "memory_format": "channels_last" if fmt == torch.channels_last else "contiguous",
                      **({"new_head": transfer_info["new_head"]} if config.get("source") else {})},
         "history": history,
         "analysis": analysis_rows,

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import base64
+import html
+import json
 import re
+import shutil
+import subprocess
 import sys
 import types
 from html.parser import HTMLParser
@@ -153,3 +157,70 @@ def test_cli_report_with_the_sweep_file_and_without_plots(store, tmp_path, capsy
     assert main(["report", "nope", "--results", str(store)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "nope: no sweep of that name" in err
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+#: Injected into a copy of the page (the page itself has no script): once every image has
+#: loaded, decode each and write what the browser made of it into the DOM that --dump-dom prints.
+PROBE = """<script>
+window.addEventListener("load", async () => {
+  const images = await Promise.all([...document.images].map(async (img) => {
+    try { await img.decode(); } catch (e) { return {alt: img.alt, error: String(e)}; }
+    return {alt: img.alt, width: img.naturalWidth, height: img.naturalHeight, shown: img.getBoundingClientRect().width};
+  }));
+  const out = document.createElement("pre");
+  out.id = "probe";
+  out.textContent = JSON.stringify(images);
+  document.body.appendChild(out);
+});
+</script>"""
+
+
+def chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    """Headless Chromium with its own profile folder; virtual time lets the load handlers finish."""
+    return subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", f"--user-data-dir={tmp_path / 'profile'}",
+         "--virtual-time-budget=5000", *args], capture_output=True, text=True, timeout=180)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Chromium (the system package `chromium`) for the headless-browser check")
+def test_report_in_a_headless_browser(store, tmp_path):
+    """The page as Chromium renders it: every figure decodes to a real image, the screenshot is
+    not blank, and the tables in the browser's DOM are the store's numbers."""
+    from PIL import Image
+
+    html_path, _ = write_report(SWEEP, str(store), str(tmp_path / "out"))  # real bench.plots figures
+    page = html_path.read_text()
+    probe = html_path.with_name("probe.html")
+    probe.write_text(page.replace("</body>", PROBE + "</body>"))
+    dumped = chromium(tmp_path, "--dump-dom", probe.as_uri())
+    assert dumped.returncode == 0, dumped.stderr[-2000:]
+    found = re.search(r'<pre id="probe">(.*?)</pre>', dumped.stdout, re.S)
+    assert found, "the probe script did not run: " + dumped.stdout[-500:]
+    images = json.loads(html.unescape(found.group(1)))
+    assert [i["alt"] for i in images] == ["accuracy_vs_train_size"]  # as many <img> as figures, all of them
+    for image in images:
+        assert "error" not in image, image
+        assert image["width"] >= 800 and image["height"] >= 300 and image["shown"] > 300, image  # decoded, laid out
+
+    tables = Tables()
+    tables.feed(dumped.stdout)  # the browser's DOM, not our string
+    plain = pd.read_parquet(store / SWEEP / "trials")
+    ok = plain[plain["status"] == "ok"]
+    for metric, scale, digits in (("test_acc", 100, 1), ("test_loss", 1, 4)):
+        stats = ok.groupby(["model", "dataset"])[metric].agg(["mean", "std", "count"])
+        shown = next(v for k, v in tables.tables.items() if k.startswith(f"{metric}:dataset"))
+        assert len(shown) == len(stats) == 4
+        for (model, dataset), e in stats.iterrows():
+            expected = f"{scale * e['mean']:.{digits}f} ± {scale * e['std']:.{digits}f} (n={int(e['count'])})"
+            assert shown[(model, dataset)].startswith(expected), (metric, model, dataset, shown[(model, dataset)])
+
+    shot = tmp_path / "page.png"
+    taken = chromium(tmp_path, f"--screenshot={shot}", "--window-size=1280,2400", html_path.as_uri())
+    assert taken.returncode == 0 and shot.exists(), taken.stderr[-2000:]
+    picture = Image.open(shot).convert("RGB")
+    assert picture.size == (1280, 2400)
+    colours = picture.getcolors(maxcolors=1 << 20) or []
+    background = max(colours)[0] / (1280 * 2400)
+    assert len(colours) > 200 and background < 0.97, (len(colours), background)  # text, tables and a figure drawn

@@ -61,3 +61,50 @@ def test_unreachable_server_is_bad_input_and_writes_nothing(tmp_path, capsys):
 
 def test_flatten_config_to_params():
     assert flatten("", {"a": {"b": 1, "c": [1, 2]}, "d": None}, {}) == {"a.b": "1", "a.c": "[1, 2]", "d": "None"}
+
+
+def test_background_tracker_runs_calls_in_order_off_the_callers_thread(tmp_path):
+    """The sweep's tracker: calls queue on one thread in order; handles stand in for run ids."""
+    import threading
+
+    from bench.tracking import BackgroundTracker, Tracker
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    threads = set()
+
+    class Recording(Tracker):
+        def start_trial(self, config):
+            threads.add(threading.current_thread().name)
+            return super().start_trial(config)
+
+    tracker = BackgroundTracker(lambda: Recording(uri, "queued"))
+    tracker.start_sweep("queued", "", 1, 1, None)
+    config = {"trial_id": "t1", "model": "vit_ti", "dataset": {"name": "spatial"}, "stage": "main", "train_size": 64, "seed": 0}
+    handle = tracker.start_trial(config)
+    for epoch in (1, 2):
+        tracker.log_epoch(handle, {"epoch": epoch, "test_acc": 0.5 + epoch / 10})
+    tracker.end_trial(handle, {"status": "ok", "test_acc": 0.7})
+    run_id = BackgroundTracker.run_id(handle)
+    tracker.end_sweep(1, 0)
+    tracker.close()
+    assert threads and threading.current_thread().name not in threads
+    client = MlflowClient(tracking_uri=uri)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["trial_id"] == "t1"
+    assert [m.value for m in sorted(client.get_metric_history(run_id, "test_acc"), key=lambda m: m.step)] == [0.6, 0.7]
+
+
+def test_background_tracker_whose_store_cannot_start_warns_once_and_does_nothing(capsys):
+    from bench.tracking import BackgroundTracker
+
+    def broken():
+        raise RuntimeError("no such store")
+
+    tracker = BackgroundTracker(broken)
+    handle = tracker.start_trial({"trial_id": "t"})
+    tracker.end_trial(handle, {"status": "ok"})
+    tracker.end_sweep(1, 0)
+    tracker.close()
+    assert BackgroundTracker.run_id(handle) is None
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "MLflow is not available (no such store)" in err

@@ -17,6 +17,9 @@ from bench.perf import data as _data  # noqa: F401  (registers the `data` suite)
 from bench.perf import store as _store  # noqa: F401  (registers the `store` suite)
 from bench.perf import hessian as _hessian  # noqa: F401  (registers the `hessian` suite)
 from bench.perf import asha as _asha  # noqa: F401  (registers the `asha` suite)
+from bench.perf import orchestration as _orchestration  # noqa: F401  (registers the `orchestration` suite)
+from bench.perf import stacking as _stacking  # noqa: F401  (registers the `stacking` suite)
+from bench.perf import models as _models  # noqa: F401  (registers the `models` suite)
 from bench.perf.registry import Suite, get_suite, list_suites, register_suite
 from bench.perf.timing import machine_info
 
