@@ -80,6 +80,10 @@ class ResourcesSpec(_Strict):
     #: last epoch always. A 10^4-step full-batch run has 10^4 one-step epochs: reporting each
     #: would cost more than the training. The epochs table still gets every epoch.
     report_every_s: float = Field(5.0, ge=0)
+    #: Train up to this many seeds of otherwise equal trials as one vmapped model in one process
+    #: (bench.stacking): K trial rows as usual, from one Ray slot. For small models on a GPU.
+    #: Not stacked: batch-norm models, drop-path, analyses, transfer stages.
+    stack_seeds: int = Field(1, ge=1)
 
 
 class SweepFile(_Strict):

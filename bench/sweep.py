@@ -76,11 +76,29 @@ def trial_config(tune_config: dict[str, Any]) -> dict[str, Any]:
     return tuning.apply_values(tune_config["trial"], values, tuned=values)
 
 
+def members(tune_config: dict[str, Any]) -> list[dict[str, Any]]:
+    """The bench trials a Tune trial runs: one, or a stack of seeds (`resources.stack_seeds`)."""
+    if "stack" in tune_config["trial"]:
+        return tune_config["trial"]["stack"]
+    return [trial_config(tune_config)]
+
+
+def tune_trial_name(tune_config: dict[str, Any]) -> str:
+    """The Tune trial's folder name: the trial id, or the first member's id for a stack."""
+    group = members(tune_config)
+    return group[0]["trial_id"] if len(group) == 1 and "stack" not in tune_config["trial"] else f"stack-{group[0]['trial_id']}"
+
+
 def _tune_trainable(param_space: dict[str, Any]) -> None:
     """Runs inside a Ray worker: one trial, resumed from its last checkpoint if retried."""
     plugins.load()  # a fresh worker process: users' own models must be registered here too
-    config = trial_config(param_space)
     torch.set_num_threads(max(1, int(param_space["cpus"])))
+    if 0 < param_space["gpus"] < 1 and torch.cuda.is_available():  # a share of a GPU: at most that share of its memory
+        torch.cuda.set_per_process_memory_fraction(float(param_space["gpus"]))
+    if "stack" in param_space["trial"]:
+        _run_stack(param_space)
+        return
+    config = trial_config(param_space)
     store = ResultStore(param_space["results"], config["sweep"])
     resume = None
     checkpoint = tune.get_checkpoint()
@@ -120,6 +138,46 @@ def _tune_trainable(param_space: dict[str, Any]) -> None:
             "each trial more memory (resources.gpus_per_trial)") from None
     last = result["history"][-1] if result["history"] else {}
     tune.report({**last, FINAL_KEY: json.dumps(result)})  # the last epoch's metrics too: searchers read them
+
+
+def _run_stack(param_space: dict[str, Any]) -> None:
+    """K seeds as one vmapped model (bench.stacking); one result per seed. A stack keeps no
+    checkpoint: a retried stack trains again from the start (stacks are for short trials)."""
+    from bench.stacking import run_stacked
+
+    results = run_stacked(param_space["trial"]["stack"], device=storage.trial_device(param_space["gpus"]))
+    tune.report({FINAL_KEY: json.dumps(results)})
+
+
+def stack_groups(trials: list[dict[str, Any]], k: int, keep_weights: set[str] | frozenset[str]) -> list[dict[str, Any]]:
+    """Trials as Tune trials: seeds of otherwise equal stackable trials in stacks of up to `k`,
+    the rest alone. Not stacked: batch-norm families, drop-path, analyses, transfer, and
+    trials whose weights a later stage needs (stacks keep no checkpoint)."""
+    from bench.stacking import stack_key
+    from bench.models import model_entry
+
+    def stackable(t: dict[str, Any]) -> bool:
+        return (model_entry(t["model"]).family not in STACK_REFUSED_FAMILIES and not t.get("analysis")
+                and not t.get("source") and not t["model_args"].get("drop_path_rate") and t["stage"] not in keep_weights)
+
+    if k <= 1:
+        return list(trials)
+    groups: dict[str, list[dict[str, Any]]] = {}
+    out: list[dict[str, Any]] = []
+    for t in trials:
+        if stackable(t):
+            groups.setdefault(stack_key(t), []).append(t)
+        else:
+            out.append(t)
+    for group in groups.values():
+        for start in range(0, len(group), k):
+            chunk = group[start : start + k]
+            out.append({"stack": chunk} if len(chunk) > 1 else chunk[0])
+    return out
+
+
+#: Model families with batch norm: their running statistics cannot be stacked (bench.stacking).
+STACK_REFUSED_FAMILIES = frozenset({"resnet", "preact_resnet", "alternet"})
 
 
 # ----------------------------------------------------------------- driver callbacks
@@ -194,17 +252,22 @@ class StoreCallback(tune.Callback):
         self.attempts: dict[str, int] = {}
         self.reports: dict[str, dict[int, dict[str, Any]]] = {}  # the epochs a trial reported (for stopped trials)
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Tune pickles its callbacks with the experiment state; the tracker's thread and its
+        pending run handles do not pickle (and a restored experiment gets a new callback)."""
+        return {**self.__dict__, "tracker": None, "run_ids": {}}
+
     def on_trial_start(self, iteration, trials, trial, **info):
-        config = trial_config(trial.config)
-        tid = config["trial_id"]
-        self.started_at.setdefault(tid, now_utc())
-        self.attempts[tid] = self.attempts.get(tid, 0) + 1
-        if tid not in self.run_ids:
-            self.run_ids[tid] = self.tracker.start_trial(config) if self.tracker else None
-        self.progress.running += 1
+        for config in members(trial.config):
+            tid = config["trial_id"]
+            self.started_at.setdefault(tid, now_utc())
+            self.attempts[tid] = self.attempts.get(tid, 0) + 1
+            if tid not in self.run_ids:
+                self.run_ids[tid] = self.tracker.start_trial(config) if self.tracker else None
+            self.progress.running += 1
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        if FINAL_KEY in result or "epoch" not in result:
+        if FINAL_KEY in result or "epoch" not in result or "stack" in trial.config["trial"]:
             return
         config = trial_config(trial.config)
         self.reports.setdefault(config["trial_id"], {})[int(result["epoch"])] = {
@@ -215,17 +278,25 @@ class StoreCallback(tune.Callback):
             self.tracker.log_epoch(self.run_ids.get(config["trial_id"]), result)
 
     def on_trial_recover(self, iteration, trials, trial, **info):
-        self.progress.running -= 1
-        config = trial_config(trial.config)
-        self.progress.line("retry", config, f"attempt {self.attempts[config['trial_id']]} failed: {_error_line(trial)}")
+        for config in members(trial.config):
+            self.progress.running -= 1
+            self.progress.line("retry", config, f"attempt {self.attempts[config['trial_id']]} failed: {_error_line(trial)}")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
+        if "stack" in trial.config["trial"]:
+            for config, result in zip(members(trial.config), json.loads(trial.last_result[FINAL_KEY])):
+                self._record(config, result, trial)
+            return
         config = trial_config(trial.config)
-        tid = config["trial_id"]
         if FINAL_KEY not in trial.last_result:  # a scheduler (ASHA) stopped it early
-            result = self._stopped_result(tid, trial.last_result, config["train"]["epochs"])
+            result = self._stopped_result(config["trial_id"], trial.last_result, config["train"]["epochs"])
         else:
             result = json.loads(trial.last_result[FINAL_KEY])
+        self._record(config, result, trial)
+
+    def _record(self, config: dict[str, Any], result: dict[str, Any], trial) -> None:
+        """A finished trial's rows: epochs, analysis, weights (if a later stage needs them), then its trial row."""
+        tid = config["trial_id"]
         self.reports.pop(tid, None)
         status = result.get("status", "ok")
         error = f"diverged: train_loss not finite at epoch {result['diverged_epoch']}" if status == "diverged" else None
@@ -276,19 +347,20 @@ class StoreCallback(tune.Callback):
         self.progress.line("FAILED", config, error)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        config = trial_config(trial.config)
-        tid = config["trial_id"]
         error = _error_text(trial)
-        row = trial_row(config, status="failed", error=error, mlflow_run_id=BackgroundTracker.run_id(self.run_ids.get(tid)),
-                        started_at=self.started_at.get(tid), attempts=self.attempts.get(tid, 1))
-        self.store.write_trial(row)
-        if self.tracker:
-            self.tracker.end_trial(self.run_ids.get(tid), row)
-        self.progress.running -= 1
-        self.progress.latest_epoch.pop(tid, None)
-        self.reports.pop(tid, None)
-        self.progress.failed += 1
-        self.progress.line("FAILED", config, _error_line(trial))
+        for config in members(trial.config):
+            tid = config["trial_id"]
+            row = trial_row(config, status="failed", error=error,
+                            mlflow_run_id=BackgroundTracker.run_id(self.run_ids.get(tid)),
+                            started_at=self.started_at.get(tid), attempts=self.attempts.get(tid, 1))
+            self.store.write_trial(row)
+            if self.tracker:
+                self.tracker.end_trial(self.run_ids.get(tid), row)
+            self.progress.running -= 1
+            self.progress.latest_epoch.pop(tid, None)
+            self.reports.pop(tid, None)
+            self.progress.failed += 1
+            self.progress.line("FAILED", config, _error_line(trial))
 
 
 def _headline(result: dict[str, Any]) -> str:
@@ -460,8 +532,8 @@ def _launch(sweep: Sweep, store: ResultStore, location: storage.ResultsLocation,
                 # A finished trial's worker process (torch and the zoo imported, caches warm) runs the
                 # next trial instead of a new process being started for it: seconds per trial.
                 reuse_actors=True,
-                trial_dirname_creator=lambda trial: trial_config(trial.config)["trial_id"],
-                trial_name_creator=lambda trial: trial_config(trial.config)["trial_id"],
+                trial_dirname_creator=lambda trial: tune_trial_name(trial.config),
+                trial_name_creator=lambda trial: tune_trial_name(trial.config),
                 **tune_options,
             ),
             run_config=tune.RunConfig(
@@ -483,7 +555,7 @@ def _launch(sweep: Sweep, store: ResultStore, location: storage.ResultsLocation,
             runnable = _ready_to_run([t for t in pending if t["stage"] == stage], store, callback)
             if runnable:
                 fit(launch if sweep.stages == [SINGLE_STAGE] else f"{launch}-{stage}",
-                    {"trial": tune.grid_search(runnable)})
+                    {"trial": tune.grid_search(stack_groups(runnable, res.stack_seeds, sweep.source_stages))})
         interrupted = False
     except KeyboardInterrupt:
         raise SweepInterrupted(_interrupted_summary(sweep, store, progress)) from None

@@ -95,6 +95,32 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
     return subprocess.run([BENCH, *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
 
 
+def run_main(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """`bench.cli.main` in this process, with what a subprocess would give: exit code, stdout, stderr.
+
+    For the many bad-input cases: the installed command adds seconds of Python start and
+    imports per call; a few tests still run it as a subprocess (`run_cli`) to show both agree.
+    """
+    import contextlib
+    import io
+
+    from bench.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    previous = os.getcwd()
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(list(args))
+            except SystemExit as exc:  # argparse exits
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    finally:
+        os.chdir(previous)
+    return subprocess.CompletedProcess(["bench", *args], code, out.getvalue(), err.getvalue())
+
+
 def mlflow_runs(uri: str, experiment: str) -> tuple[list, list]:
     """(child runs, parent runs) of an experiment, read with an explicit client.
 

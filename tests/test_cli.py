@@ -1,11 +1,16 @@
-"""The command line as users run it: exit codes, one-line errors, nothing half-written."""
+"""The command line as users run it: exit codes, one-line errors, nothing half-written.
+
+Most cases call `bench.cli.main` in this process (`run_main`: the same code the installed
+command runs, without seconds of start-up each); the tests marked "installed" run the
+`bench` command itself in a subprocess, so both paths are shown to agree.
+"""
 
 from __future__ import annotations
 
 import pytest
 import yaml
 
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, run_cli, run_main
 
 QUICKSTART = str(REPO / "sweeps" / "quickstart.yaml")
 
@@ -38,13 +43,17 @@ def assert_bad_input(proc, *fragments):
 )
 def test_bad_sweep_files_exit_2_with_one_line_and_write_nothing(tmp_path, text, fragments):
     results = tmp_path / "results"
-    proc = run_cli("run", write(tmp_path, text), "--results", str(results))
+    proc = run_main("run", write(tmp_path, text), "--results", str(results))
     assert_bad_input(proc, "sweep.yaml", *fragments)
     assert not results.exists()
 
 
-def test_missing_sweep_file(tmp_path):
+def test_missing_sweep_file_installed_command(tmp_path):
     assert_bad_input(run_cli("run", "missing.yaml", cwd=tmp_path), "missing.yaml: no such sweep file")
+
+
+def test_bad_flag_installed_command(tmp_path):
+    assert_bad_input(run_cli("run", QUICKSTART, "--set", "train.epochz=3", cwd=tmp_path), "train.epochz: unknown key")
 
 
 @pytest.mark.parametrize("args,fragment", [
@@ -56,17 +65,17 @@ def test_missing_sweep_file(tmp_path):
     (["results", "table", "no-such-sweep", "--results", "nowhere"], "no results under nowhere/no-such-sweep"),
 ])
 def test_bad_flags_exit_2(tmp_path, args, fragment):
-    assert_bad_input(run_cli(*args, cwd=tmp_path), fragment)
+    assert_bad_input(run_main(*args, cwd=tmp_path), fragment)
 
 
 def test_validate_prints_the_trial_count():
-    proc = run_cli("validate", QUICKSTART)
+    proc = run_main("validate", QUICKSTART)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "quickstart: 12 trials (resnet18, vit_ti, vit_ti_pos)"
 
 
 def test_dry_run_lists_trials_and_writes_nothing(tmp_path):
-    proc = run_cli("run", QUICKSTART, "--dry-run", "--results", str(tmp_path / "r"), "--set", "grid.seed=[0]")
+    proc = run_main("run", QUICKSTART, "--dry-run", "--results", str(tmp_path / "r"), "--set", "grid.seed=[0]")
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.strip().splitlines()
     assert len(lines) == 7 and all(line.startswith("run ") for line in lines[:6])
@@ -75,14 +84,14 @@ def test_dry_run_lists_trials_and_writes_nothing(tmp_path):
 
 
 def test_results_ls_on_an_empty_store(tmp_path):
-    proc = run_cli("results", "ls", "--results", str(tmp_path))
+    proc = run_main("results", "ls", "--results", str(tmp_path))
     assert proc.returncode == 0 and "no sweeps" in proc.stdout
 
 
 def test_trial_runs_one_trial_without_ray(tmp_path):
     sweep = {"name": "one", "model": "vit_ti", "model_args": {"patch_size": 4, "dim": 16, "depth": 1, "heads": 2},
              "dataset": {"name": "spatial", "num_train": 128, "num_test": 64}, "train": {"epochs": 1, "batch_size": 32}}
-    proc = run_cli("trial", write(tmp_path, yaml.safe_dump(sweep)), "--device", "cpu")
+    proc = run_main("trial", write(tmp_path, yaml.safe_dump(sweep)), "--device", "cpu")
     assert proc.returncode == 0, proc.stderr
     assert '"test_acc"' in proc.stdout and '"n_train": 128' in proc.stdout
 
@@ -90,6 +99,6 @@ def test_trial_runs_one_trial_without_ray(tmp_path):
 def test_missing_dataset_exits_2_naming_the_expected_path(tmp_path):
     results = tmp_path / "results"
     sweep = write(tmp_path, f"name: c10\nmodel: resnet18\ndataset: {{name: cifar10, root: {tmp_path}/data}}\n")
-    proc = run_cli("run", sweep, "--results", str(results))
+    proc = run_main("run", sweep, "--results", str(results))
     assert_bad_input(proc, "sweep.yaml: dataset:", f"{tmp_path}/data/cifar-10-batches-py", "download: true")
     assert not results.exists()

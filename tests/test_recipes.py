@@ -8,7 +8,7 @@ from bench.errors import BenchInputError
 from bench.recipes import RECIPES, list_recipes, recipe_train
 from bench.spec import TrainSpec, parse_sweep
 
-from tests.conftest import run_cli
+from tests.conftest import run_main
 
 BASE = {"name": "t", "model": "resnet18", "dataset": {"name": "cifar10"}}
 
@@ -155,12 +155,12 @@ def test_cli_validate_and_dry_run_take_smoke(tmp_path):
 
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump({**SMOKY, "recipe": "park2022"}))
-    plain = run_cli("validate", str(path))
+    plain = run_main("validate", str(path))
     assert plain.returncode == 0 and plain.stdout.startswith("t: 3 trials"), plain.stderr
-    smoke = run_cli("validate", str(path), "--smoke", "--set", "grid.seed=[0,1]")
+    smoke = run_main("validate", str(path), "--smoke", "--set", "grid.seed=[0,1]")
     assert smoke.returncode == 0 and smoke.stdout.startswith("t-smoke: 2 trials"), smoke.stderr
-    dry = run_cli("run", str(path), "--smoke", "--dry-run", "--results", str(tmp_path / "results"))
+    dry = run_main("run", str(path), "--smoke", "--dry-run", "--results", str(tmp_path / "results"))
     assert dry.returncode == 0 and "t-smoke: 1 trials, 1 to run" in dry.stdout, dry.stderr
-    bad = run_cli("validate", str(path), "--set", "recipe=park2021")
+    bad = run_main("validate", str(path), "--set", "recipe=park2021")
     assert bad.returncode == 2
     assert bad.stderr.strip() == f"bench: error: {path}: recipe: unknown recipe 'park2021'; did you mean 'park2022'?"

@@ -60,3 +60,34 @@ def test_what_cannot_be_stacked_is_refused():
     dropped = _configs(model_args={"dim": 32, "depth": 2, "heads": 2, "patch_size": 4, "drop_path_rate": 0.1})
     with pytest.raises(ValueError, match="dropout"):
         check_stackable(dropped, data_free(dropped[0], data))
+
+
+@pytest.mark.slow
+def test_a_sweep_with_stack_seeds_records_one_ordinary_row_per_seed(ray_local, tmp_path, capsys):
+    """`resources.stack_seeds: 2` over 3 seeds of a ViT and 2 of a ResNet: the ViT's seeds run as a
+    stack of 2 and one alone, the ResNet (batch norm) separately; every trial is a normal row."""
+    import json
+
+    import pandas as pd
+
+    from bench.cli import main
+    import yaml
+
+    sweep = {"name": "stacked", "model_args": {"dim": 32, "depth": 1, "heads": 2, "patch_size": 4, "width": 4},
+             "dataset": {"name": "spatial", "num_train": 256, "num_test": 128}, "train_size": 128,
+             "train": {"epochs": 2, "batch_size": 32}, "resources": {"stack_seeds": 2, "max_failures": 0},
+             "grid": {"model": ["vit_ti", "resnet18"], "seed": [0, 1, 2]}}
+    path = tmp_path / "stacked.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    assert main(["run", str(path), "--results", str(tmp_path / "results")]) == 0
+    trials = pd.read_parquet(tmp_path / "results" / "stacked" / "trials")
+    assert len(trials) == 6 and trials.trial_id.is_unique and set(trials.status) == {"ok"}
+    stacked = {row.trial_id: json.loads(row.config)["recorded"].get("stacked") for row in trials.itertuples()}
+    in_stack = trials.assign(stacked=trials.trial_id.map(stacked).eq(2)).groupby("model")["stacked"].sum()
+    assert in_stack.to_dict() == {"vit_ti": 2, "resnet18": 0}
+    epochs = pd.read_parquet(tmp_path / "results" / "stacked" / "epochs")
+    assert epochs.groupby("trial_id").size().to_dict() == {t: 2 for t in trials.trial_id}
+    # a stacked row is the same trial as a separate run of its config
+    one = trials[(trials.model == "vit_ti") & trials.trial_id.map(stacked).eq(2)].iloc[0]
+    alone = run_trial(json.loads(one.config) | {"recorded": None}, device="cpu")
+    assert alone["test_acc"] == pytest.approx(one.test_acc, abs=1e-6)
