@@ -1,7 +1,8 @@
 """`bench results plot`: a sweep's figures from the result store, as PNG and SVG files.
 
 One figure of accuracy and NLL against the training-set size per model (mean +- std over
-seeds, from the trials table), and one per analysis present in the analysis table, drawn
+seeds, from the trials table); transfer curves when trials have transfer modes; accuracy
+against the block-shuffle grid when the sweep varies it; and one per analysis present in the analysis table, drawn
 by the plot function the analysis registered (`bench.analysis.registry.register_plot`),
 from its rows joined with the trials' model, dataset, train_size, n_train, seed.
 """
@@ -121,6 +122,70 @@ def analysis_frames(trials: pd.DataFrame, analysis: pd.DataFrame) -> dict[str, p
     return {name: group.reset_index(drop=True) for name, group in joined.groupby("analysis")}
 
 
+def plot_transfer(trials: pd.DataFrame) -> Any | None:
+    """Transfer curves: downstream test accuracy against training images, one panel per model,
+    one line per transfer mode (scratch is the baseline). None when no trial has a transfer mode."""
+    from bench.analysis.figures import band, mean_std, model_colors, new_figure
+
+    if "transfer" not in trials or trials["transfer"].isna().all():
+        return None
+    frame = trials[trials["transfer"].notna()].copy()
+    frame["x"] = frame["n_train"].fillna(frame["train_size"])
+    models = sorted(frame["model"].unique())
+    fig, axes = new_figure(1, len(models), width=max(6.4, 5.2 * len(models)), height=4.2)
+    colors = model_colors(sorted(frame["transfer"].unique()))
+    for ax, model in zip(axes, models):
+        stats = mean_std(frame[frame["model"] == model].dropna(subset=["test_acc"]), ["transfer", "x"], "test_acc")
+        for mode, group in stats.groupby("transfer"):
+            group = group.sort_values("x")
+            band(ax, group["x"].to_numpy(float), 100 * group["mean"].to_numpy(), 100 * group["std"].to_numpy(),
+                 colors[mode], f"{mode} (n={int(group['count'].max())})")
+        if frame["x"].nunique() > 1 and (frame["x"] > 0).all():
+            ax.set_xscale("log")
+        label_sizes(ax, frame["x"])
+        reference_lines(ax, frame[frame["model"] == model])
+        ax.set_title(f"{model}: transfer")
+        ax.set_xlabel("downstream training images")
+        ax.set_ylabel("test accuracy (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return fig
+
+
+def shuffle_grids(trials: pd.DataFrame) -> pd.Series:
+    """Each trial's dataset.shuffle_grid (from its stored config; None where it has none)."""
+    import json
+
+    return trials["config"].map(lambda c: json.loads(c).get("dataset", {}).get("shuffle_grid") if isinstance(c, str) else None)
+
+
+def plot_shuffle_grid(trials: pd.DataFrame) -> Any | None:
+    """Block-shuffle curves: test accuracy against the shuffle grid (block size in pixels; the image
+    size is the unshuffled image), one line per model. None unless the sweep varies the grid."""
+    from bench.analysis.figures import band, mean_std, model_colors, new_figure
+
+    if "config" not in trials:
+        return None
+    frame = trials.assign(grid=shuffle_grids(trials)).dropna(subset=["grid"])
+    if frame["grid"].nunique() < 2:
+        return None
+    fig, (ax,) = new_figure(1, 1, width=6.4, height=4.2)
+    colors = model_colors(sorted(frame["model"].unique()))
+    stats = mean_std(frame.dropna(subset=["test_acc"]), ["model", "grid"], "test_acc")
+    for model, group in stats.groupby("model"):
+        group = group.sort_values("grid")
+        band(ax, group["grid"].to_numpy(float), 100 * group["mean"].to_numpy(), 100 * group["std"].to_numpy(),
+             colors[model], f"{model} (n={int(group['count'].max())} per point)")
+    ax.set_xscale("log", base=2)
+    label_sizes(ax, frame["grid"])
+    ax.set_xlabel("shuffle block size (px; the image size = no shuffle)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("Accuracy vs block-shuffle grid")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig
+
+
 def save(fig: Any, out_dir: Path, stem: str, formats: Sequence[str]) -> list[Path]:
     paths = []
     for fmt in formats:
@@ -146,6 +211,9 @@ def plot_sweep(results_dir: str | Path, sweep: str, out_dir: str | Path,
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = save(plot_scaling(trials), out, "accuracy_vs_train_size", formats)
+    for stem, fig in (("transfer", plot_transfer(trials)), ("accuracy_vs_shuffle_grid", plot_shuffle_grid(trials))):
+        if fig is not None:
+            paths += save(fig, out, stem, formats)
     known = set(list_analyses())
     for name, frame in sorted(analysis_frames(trials, store.read("analysis")).items()):
         entry = analysis_entry(name) if name in known else None

@@ -104,7 +104,7 @@ def test_pa_theory_learns_the_partition_and_beats_counting_with_full_batch_gd() 
         "dataset": PAPER,
         "model": "pa_theory",
         "train": {"epochs": 1000, "batch_size": "full", "optimizer": "sgd", "momentum": 0.0, "lr": 0.02,
-                  "weight_decay": 0.0, "schedule": "constant"},
+                  "weight_decay": 0.0, "schedule": "constant", "warmup_epochs": 0, "grad_clip": None},
         "analysis": [{"patch_association": {"at": ["end"], "maps": False}}],
         "grid": {"model_args.learn_attention": [True, False]},
     }, overrides=[])

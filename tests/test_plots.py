@@ -73,3 +73,34 @@ def test_cli_results_plot_formats_and_bad_input(store, tmp_path, capsys):
     assert main(["results", "plot", "nothing-here", "--results", str(store)]) == 2
     assert "no ok trials" in capsys.readouterr().err
     assert main(["results", "plot", "demo", "--results", str(store), "--format", "jpg"]) == 2
+
+
+def test_transfer_and_shuffle_grid_curves_from_stored_rows(tmp_path):
+    """Rows as a transfer sweep and a block-shuffle sweep write them: each gets its own figure."""
+    from PIL import Image
+
+    from bench.spec import parse_sweep
+    from bench.store import trial_row
+
+    def write(name, document, acc):
+        store = ResultStore(tmp_path / "results", name)
+        for config in parse_sweep(document).trials:
+            store.write_trial(trial_row(config, status="ok", result={"test_acc": acc(config), "test_loss": 1.0,
+                                                                      "n_train": config["train_size"], "epochs": 1}))
+
+    write("shuffled", {"name": "shuffled", "model": "vit_ti", "dataset": {"name": "cifar10", "root": str(tmp_path)},
+                       "grid": {"model": ["vit_ti", "resnet18"], "dataset.shuffle_grid": [4, 8, 32], "seed": [0, 1]}},
+          lambda c: 0.3 + 0.01 * c["dataset"]["shuffle_grid"] + 0.01 * c["seed"])
+    paths = plot_sweep(tmp_path / "results", "shuffled", tmp_path / "fig1", formats=["png"])
+    assert [p.name for p in paths] == ["accuracy_vs_train_size.png", "accuracy_vs_shuffle_grid.png"]
+
+    transfer = {"name": "moved", "model": "vit_ti", "stages": [
+        {"name": "pretrain", "grid": {"seed": [0, 1]}},
+        {"name": "down", "source": "pretrain",
+         "grid": {"transfer": ["scratch", "finetune"], "train_size": [16, 256], "seed": [0, 1]}}]}
+    write("moved", transfer, lambda c: 0.5 + (0.2 if c.get("transfer") == "finetune" else 0.0) + c["train_size"] / 1000)
+    paths = plot_sweep(tmp_path / "results", "moved", tmp_path / "fig2", formats=["png"])
+    assert [p.name for p in paths] == ["accuracy_vs_train_size.png", "transfer.png"]
+    for path in paths:
+        with Image.open(path) as image:
+            assert image.size[0] >= 800 and len(image.getcolors(1 << 20) or []) > 50  # drawn, not blank
