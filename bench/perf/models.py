@@ -105,9 +105,11 @@ def worker_images_per_s(model: str, model_args: dict[str, Any], batch: int, n: i
     from bench.spec import parse_sweep
     from bench.train import run_trial
 
+    patch = model_args.get("patch_size", 4)
     config = parse_sweep({
         "name": "perf-models", "model": model, "model_args": model_args,
-        "dataset": {"name": "spatial", "grid": 8, "patch_size": 4, "set_size": 4, "num_train": n, "num_test": 256},
+        "dataset": {"name": "spatial", "grid": 32 // patch, "patch_size": patch, "set_size": 4, "num_train": n,
+                    "num_test": 256},  # 32-px images whose data patches are the model's tokens
         "train_size": n, "train": {"epochs": 2, "batch_size": batch, "warmup_epochs": 0},
         "resources": {"report_every_s": 0},
     }).trials[0]
