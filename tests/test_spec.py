@@ -65,11 +65,29 @@ def test_trial_id_is_stable_and_ignores_defaults_and_paths():
 
 
 def test_trial_id_golden_value():
-    """Changing how ids are computed invalidates every stored result; this must be deliberate."""
-    assert sweep().trials[0]["trial_id"] == GOLDEN_ID
+    """Changing how ids are computed invalidates every stored result; this must be deliberate.
+    The golden trial pins the train values of the first release (HASH_REFERENCE_TRAIN)."""
+    from bench.spec import HASH_REFERENCE_TRAIN
+
+    assert sweep(train=dict(HASH_REFERENCE_TRAIN)).trials[0]["trial_id"] == GOLDEN_ID
 
 
 GOLDEN_ID = "f851f6a1a5b3"
+
+
+def test_a_changed_default_is_a_different_trial_and_new_options_keep_old_ids():
+    """Defaults changed (warmup 1 epoch, clipping at 1.0): a trial at the new defaults is not the
+    trial stored under the old id; the options added since (precision, compile) at their
+    reference values leave ids alone."""
+    from bench.spec import HASH_REFERENCE_TRAIN, TrainSpec
+
+    assert sorted(HASH_REFERENCE_TRAIN) == sorted(TrainSpec.model_fields)  # a new field needs its reference value
+    at_new_defaults = sweep().trials[0]
+    assert at_new_defaults["train"]["warmup_epochs"] == 1.0 and at_new_defaults["train"]["grad_clip"] == 1.0
+    assert at_new_defaults["trial_id"] != GOLDEN_ID
+    old = dict(HASH_REFERENCE_TRAIN)
+    assert sweep(train={**old, "precision": "auto", "compile": False}).trials[0]["trial_id"] == GOLDEN_ID
+    assert sweep(train={**old, "compile": True}).trials[0]["trial_id"] != GOLDEN_ID
 
 
 def test_model_args_apply_to_the_models_that_take_them():
