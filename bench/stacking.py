@@ -32,7 +32,7 @@ from bench.data import build_trial_data
 from bench.models import count_flops, count_params, model_entry, set_attention_impl
 from bench.models.layers import DropPath
 from bench.train import (build_model, classification_loss, decay_groups, device_name, evaluate,
-                         lr_factor, make_loader, resolve_device)
+                         lr_factor, make_loader, optimizer_over, resolve_device)
 
 #: Config fields that are per trial in a stack.
 PER_TRIAL = ("seed", "trial_id")
@@ -56,18 +56,6 @@ def check_stackable(configs: list[dict[str, Any]], model: nn.Module) -> None:
             raise ValueError(f"{first['model']} has batch norm ({name}): its running statistics cannot be stacked")
         if isinstance(module, (nn.Dropout, DropPath)) and module.p > 0:
             raise ValueError(f"{first['model']} has active dropout ({name}): stacked runs would draw other noise")
-
-
-def _optimizer(params: dict[str, torch.Tensor], groups: dict[str, list[str]], train: dict[str, Any]) -> torch.optim.Optimizer:
-    """The separate runs' optimizer (bench.train.make_optimizer) over the stacked tensors."""
-    param_groups = [
-        {"params": [params[n] for n in groups["decay"]], "weight_decay": train["weight_decay"]},
-        {"params": [params[n] for n in groups["no_decay"]], "weight_decay": 0.0},
-    ]
-    if train["optimizer"] == "sgd":
-        momentum = train["momentum"]
-        return torch.optim.SGD(param_groups, lr=train["lr"], momentum=momentum, nesterov=momentum > 0)
-    return torch.optim.AdamW(param_groups, lr=train["lr"])
 
 
 def clip_per_model(params: list[torch.Tensor], max_norm: float) -> None:
@@ -107,7 +95,7 @@ def run_stacked(configs: list[dict[str, Any]], *, device: str | None = None) -> 
     base = copy.deepcopy(models[0]).to("meta")
     if dev.type == "cpu":  # the CPU's fused attention kernel has no vmap rule (a slow per-model loop)
         set_attention_impl(base, "math")
-    optimizer = _optimizer(params, groups, train)
+    optimizer = optimizer_over(params, groups, train)
     generators = [torch.Generator(device=dev).manual_seed(c["seed"]) for c in configs]
     loaders = [make_loader(d, train, g) for d, g in zip(datas, generators)]
     steps_per_epoch = len(loaders[0])

@@ -72,8 +72,12 @@ def make_optimizer(model: nn.Module, train: dict[str, Any]) -> torch.optim.Optim
     SGD with momentum 0 is plain gradient descent (with a full batch, the paper's GD);
     Nesterov momentum only when there is momentum.
     """
-    names = decay_groups(model)
-    params = dict(model.named_parameters())
+    return optimizer_over(dict(model.named_parameters()), decay_groups(model), train)
+
+
+def optimizer_over(params: dict[str, torch.Tensor], names: dict[str, list[str]], train: dict[str, Any]) -> torch.optim.Optimizer:
+    """The optimizer over named tensors split as `decay_groups` says (a model's parameters, or a
+    stack's: both optimizers are elementwise, so one over stacked tensors is K of them)."""
     groups = [
         {"params": [params[n] for n in names["decay"]], "weight_decay": train["weight_decay"]},
         {"params": [params[n] for n in names["no_decay"]], "weight_decay": 0.0},
