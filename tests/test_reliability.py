@@ -99,7 +99,9 @@ def test_ctrl_c_then_kill_then_rerun_loses_nothing_and_retrains_nothing(tmp_path
     """Ctrl-C stops cleanly with a summary; a SIGKILLed driver leaves its checkpoints; each re-run
     resumes: finished trials are never retrained, running ones continue from their checkpoint."""
     name, results = "interrupts", tmp_path / "results"
-    sweep = slow_sweep(tmp_path, name, epochs=[2, 16, 16], sleep_s=0.4)
+    # The long trials must outlast the wait for the first Ctrl-C by many seconds: with warm workers
+    # (Tune reuses actors) 16 epochs ended before the signal in one CI-like run.
+    sweep = slow_sweep(tmp_path, name, epochs=[2, 40, 40], sleep_s=0.4)
 
     first = launch(sweep, results)
     wait_for(lambda: len(ok_rows(results, name)) >= 1 and checkpoint_count(results, name) >= 2, 240,
@@ -195,7 +197,7 @@ def test_mlflow_down_mid_sweep_then_sync_gives_one_run_per_trial(tmp_path):
     server_root.mkdir()
     server, uri = start_mlflow_server(server_root)
     port = int(uri.rsplit(":", 1)[1])
-    sweep = slow_sweep(tmp_path, name, epochs=[2, 10, 10], sleep_s=0.3)
+    sweep = slow_sweep(tmp_path, name, epochs=[2, 20, 20], sleep_s=0.3)  # runs on for seconds after the kill
     try:
         proc = launch(sweep, results, "--mlflow-uri", uri, "--max-concurrent", "1")
         wait_for(lambda: len(ok_rows(results, name)) >= 1, 240, "the first trial", proc)
