@@ -8,8 +8,11 @@ defaults, so a default that leaves a model at chance (as lr 1e-3 without warmup 
 ViT-Ti at 10% on this data) fails here.
 
 The models are the zoo's architectures at small width and depth (their own model_args)
-so that the whole file runs in about a minute on 2 CPU cores; the full-size models were
-checked by hand on the same data (README, sweep-file section; the issue 13 report).
+so that the whole file runs in about a minute on 2 CPU cores. Full-size models were
+checked by hand on the same data (1,437 training images, default batch 128, 4 epochs,
+2026-11-30): ViT-Ti patch 4 reached 20.3% with the old defaults (no warmup, no clipping)
+and 38.6% with these; ViT-Ti patch 2 (the default) 20.6% with these, its loss still falling
+after 45 steps (at chance before); ResNet-50 with the ImageNet stem 91%.
 """
 
 from __future__ import annotations
