@@ -47,12 +47,20 @@ def slow_sweep(tmp_path: Path, name: str, epochs: list[int], sleep_s: float, **e
     return path
 
 
+def _default_sigint() -> None:
+    """In the child, before exec: Ctrl-C as a terminal gives it. A Python started with SIGINT
+    ignored keeps it ignored (no KeyboardInterrupt), and the disposition is inherited from this
+    pytest process, where something earlier in a full run can leave it ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def launch(sweep: Path, results: Path, *args: str) -> subprocess.Popen:
     """`bench run` in its own process group, its output in files (a pipe nobody reads would block it)."""
     logs = Path(results).parent / f"launch-{time.monotonic_ns()}"
     proc = subprocess.Popen([BENCH, "run", str(sweep), "--results", str(results), *args], cwd=REPO,
                             env={**os.environ, **PLUGIN_ENV}, stdout=open(f"{logs}.out", "w"),
-                            stderr=open(f"{logs}.err", "w"), text=True, start_new_session=True)
+                            stderr=open(f"{logs}.err", "w"), text=True, start_new_session=True,
+                            preexec_fn=_default_sigint)
     proc.logs = logs
     return proc
 
