@@ -83,6 +83,17 @@ def wait_for(condition, timeout: float, what: str, proc: subprocess.Popen | None
         time.sleep(0.2)
 
 
+def ignored_signals(pid: int) -> list[str]:
+    """The signals a process ignores (its SigIgn mask in /proc), for a clearer failure message."""
+    try:
+        mask = int(next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                        if line.startswith("SigIgn:")).split()[1], 16)
+    except (OSError, StopIteration):
+        return ["unknown"]
+    names = {s.value: s.name for s in signal.Signals}
+    return [names.get(n, str(n)) for n in range(1, 65) if mask >> (n - 1) & 1]
+
+
 def ok_rows(results: Path, name: str) -> pd.DataFrame:
     folder = results / name / "trials"
     if not folder.exists():
@@ -114,9 +125,10 @@ def test_ctrl_c_then_kill_then_rerun_loses_nothing_and_retrains_nothing(tmp_path
     first = launch(sweep, results)
     wait_for(lambda: len(ok_rows(results, name)) >= 1 and checkpoint_count(results, name) >= 2, 240,
              "one trial done and one past its first epoch", first)
+    ignored = ignored_signals(first.pid)
     first.send_signal(signal.SIGINT)
     code, out, err = finish(first, 120)
-    assert code == 130, out[-2000:] + err[-3000:]
+    assert code == 130, f"signals the launch ignored: {ignored}\n" + out[-2000:] + err[-3000:]
     summary = [line for line in err.splitlines() if line.startswith("bench: interrupted:")]
     assert len(summary) == 1 and "run the same command again to resume" in summary[0], err[-3000:]
     assert "Traceback" not in err
