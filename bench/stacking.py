@@ -19,6 +19,7 @@ runs of unequal subsets, and trials that differ in anything but the seed.
 from __future__ import annotations
 
 import copy
+import json
 import math
 import time
 from typing import Any
@@ -40,9 +41,18 @@ PER_TRIAL = ("seed", "trial_id")
 
 def stack_key(config: dict[str, Any]) -> str:
     """What trials must share to be stacked: everything but their seed and id."""
-    import json
-
     return json.dumps({k: v for k, v in config.items() if k not in PER_TRIAL}, sort_keys=True, default=str)
+
+
+#: Model families with batch norm: their running statistics cannot be stacked.
+BATCH_NORM_FAMILIES = frozenset({"resnet", "preact_resnet", "alternet"})
+
+
+def can_stack(config: dict[str, Any]) -> bool:
+    """Whether a trial may join a stack, from its config alone (the orchestrator groups trials
+    before any model exists; `check_stackable` checks the built model again)."""
+    return (model_entry(config["model"]).family not in BATCH_NORM_FAMILIES and not config.get("analysis")
+            and not config.get("source") and not config["model_args"].get("drop_path_rate"))
 
 
 def check_stackable(configs: list[dict[str, Any]], model: nn.Module) -> None:

@@ -85,8 +85,9 @@ def members(tune_config: dict[str, Any]) -> list[dict[str, Any]]:
 
 def tune_trial_name(tune_config: dict[str, Any]) -> str:
     """The Tune trial's folder name: the trial id, or the first member's id for a stack."""
-    group = members(tune_config)
-    return group[0]["trial_id"] if len(group) == 1 and "stack" not in tune_config["trial"] else f"stack-{group[0]['trial_id']}"
+    if "stack" in tune_config["trial"]:
+        return f"stack-{tune_config['trial']['stack'][0]['trial_id']}"
+    return trial_config(tune_config)["trial_id"]
 
 
 def _tune_trainable(param_space: dict[str, Any]) -> None:
@@ -153,19 +154,14 @@ def stack_groups(trials: list[dict[str, Any]], k: int, keep_weights: set[str] | 
     """Trials as Tune trials: seeds of otherwise equal stackable trials in stacks of up to `k`,
     the rest alone. Not stacked: batch-norm families, drop-path, analyses, transfer, and
     trials whose weights a later stage needs (stacks keep no checkpoint)."""
-    from bench.stacking import stack_key
-    from bench.models import model_entry
-
-    def stackable(t: dict[str, Any]) -> bool:
-        return (model_entry(t["model"]).family not in STACK_REFUSED_FAMILIES and not t.get("analysis")
-                and not t.get("source") and not t["model_args"].get("drop_path_rate") and t["stage"] not in keep_weights)
+    from bench.stacking import can_stack, stack_key
 
     if k <= 1:
         return list(trials)
     groups: dict[str, list[dict[str, Any]]] = {}
     out: list[dict[str, Any]] = []
     for t in trials:
-        if stackable(t):
+        if can_stack(t) and t["stage"] not in keep_weights:
             groups.setdefault(stack_key(t), []).append(t)
         else:
             out.append(t)
@@ -175,9 +171,6 @@ def stack_groups(trials: list[dict[str, Any]], k: int, keep_weights: set[str] | 
             out.append({"stack": chunk} if len(chunk) > 1 else chunk[0])
     return out
 
-
-#: Model families with batch norm: their running statistics cannot be stacked (bench.stacking).
-STACK_REFUSED_FAMILIES = frozenset({"resnet", "preact_resnet", "alternet"})
 
 
 # ----------------------------------------------------------------- driver callbacks
