@@ -161,13 +161,14 @@ def test_cli_report_with_the_sweep_file_and_without_plots(store, tmp_path, capsy
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 #: Injected into a copy of the page (the page itself has no script): once every image has
-#: loaded, decode each and write what the browser made of it into the DOM that --dump-dom prints.
+#: loaded, write what the browser made of each (decoded size, laid-out width) into the DOM that --dump-dom prints.
 PROBE = """<script>
-window.addEventListener("load", async () => {
-  const images = await Promise.all([...document.images].map(async (img) => {
-    try { await img.decode(); } catch (e) { return {alt: img.alt, error: String(e)}; }
-    return {alt: img.alt, width: img.naturalWidth, height: img.naturalHeight, shown: img.getBoundingClientRect().width};
-  }));
+// Synchronous on purpose: the load event fires only after every <img> has loaded, so sizes are known
+// here; an async handler (img.decode()) could still be pending when --dump-dom writes the page.
+window.addEventListener("load", () => {
+  const images = [...document.images].map((img) => (img.complete && img.naturalWidth > 0)
+    ? {alt: img.alt, width: img.naturalWidth, height: img.naturalHeight, shown: img.getBoundingClientRect().width}
+    : {alt: img.alt, error: "not decoded (complete=" + img.complete + ")"});
   const out = document.createElement("pre");
   out.id = "probe";
   out.textContent = JSON.stringify(images);
@@ -180,7 +181,7 @@ def chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     """Headless Chromium with its own profile folder; virtual time lets the load handlers finish."""
     return subprocess.run(
         [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", f"--user-data-dir={tmp_path / 'profile'}",
-         "--virtual-time-budget=5000", *args], capture_output=True, text=True, timeout=180)
+         "--virtual-time-budget=10000", *args], capture_output=True, text=True, timeout=180)
 
 
 @pytest.mark.slow
