@@ -102,3 +102,31 @@ def test_missing_dataset_exits_2_naming_the_expected_path(tmp_path):
     proc = run_main("run", sweep, "--results", str(results))
     assert_bad_input(proc, "sweep.yaml: dataset:", f"{tmp_path}/data/cifar-10-batches-py", "download: true")
     assert not results.exists()
+
+
+def test_the_commands_quick_exit_keeps_what_a_normal_exit_keeps(tmp_path):
+    """`bench` skips the interpreter's teardown (seconds with torch and Ray loaded); before it,
+    other threads finish, atexit handlers run, buffered output is written, and the code is kept."""
+    import subprocess
+    import sys
+
+    script = f"""
+import atexit, pathlib, sys, threading, time
+import torch  # what makes a normal teardown slow
+from bench.cli import _exit_now
+out = pathlib.Path({str(tmp_path)!r})
+atexit.register(lambda: (out / "atexit").write_text("ran"))
+def late():
+    time.sleep(0.5)
+    (out / "thread").write_text("joined")
+threading.Thread(target=late).start()
+sys.stdout.write("buffered line\\n")  # a pipe: block-buffered, still in the buffer here
+_exit_now(3)
+(out / "after").write_text("not reached")
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 3, done.stderr
+    assert done.stdout == "buffered line\n"
+    assert (tmp_path / "atexit").read_text() == "ran"
+    assert (tmp_path / "thread").read_text() == "joined"
+    assert not (tmp_path / "after").exists()
