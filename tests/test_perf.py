@@ -44,3 +44,21 @@ def test_cli_perf_with_an_unknown_suite_exits_2(capsys):
 
     assert main(["perf", "--suite", "nope"]) == 2
     assert "unknown performance suite" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_ray_tune_floor_runs_the_trials_it_is_given(tmp_path):
+    """The orchestration suite's floor: Ray Tune alone, sleeping trials on a fresh local Ray."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "bench.perf.tune_floor", json.dumps([0.5, 0.5, 0.5]), str(tmp_path), "2"],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "RAY_ADDRESS": ""})
+    wall = time.perf_counter() - started
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = list(tmp_path.rglob("result.json"))
+    assert len(results) == 3 and all('"slept": 0.5' in p.read_text() for p in results)
+    assert wall >= 1.0  # three half-second trials on two slots: at least two rounds

@@ -12,6 +12,8 @@ The suite runs the same N short trials two ways:
 
 The ratio sweep / ideal is the overhead. Where the rest goes is read from the store:
 each trial's own time in its worker against the wall time between launch and last row.
+The floor is Ray Tune alone running trials that sleep those same times
+(`bench.perf.tune_floor`): what any tool on a fresh local Ray Tune pays; ours is the rest.
 """
 
 from __future__ import annotations
@@ -78,6 +80,17 @@ def command_wall(sweep_file: Path, results: Path) -> float:
     return time.perf_counter() - started
 
 
+def bare_tune_wall(times: list[float], storage: Path) -> float:
+    """The same trials as sleeps through Ray Tune alone (`bench.perf.tune_floor`), Python start to exit."""
+    import json
+
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "bench.perf.tune_floor", json.dumps(times), str(storage), str(SLOTS)],
+                   check=True, capture_output=True, text=True, env=env)
+    return time.perf_counter() - started
+
+
 def in_process_sweep_wall(document: dict[str, Any], results: Path) -> float:
     import io
 
@@ -112,7 +125,7 @@ def run(quick: bool) -> dict[str, Any]:
     ideal = sum(times) / SLOTS
     rows = [figure("one trial, in process (1 thread)", times, unit="s"),
             figure(f"ideal: sum of {n} trials / {SLOTS} slots", [ideal], unit="s")]
-    commands, in_process, workers = [], [], []
+    commands, in_process, workers, floors = [], [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(repeats):
             folder = Path(tmp) / f"cli{r}"
@@ -122,13 +135,16 @@ def run(quick: bool) -> dict[str, Any]:
             commands.append(command_wall(sweep_file, folder / "results"))
             workers.append(worker_seconds(folder / "results", document["name"]))
             in_process.append(in_process_sweep_wall(document, Path(tmp) / f"inproc{r}" / "results"))
+            floors.append(bare_tune_wall(times, Path(tmp) / f"floor{r}"))
     rows += [figure(f"`bench run` command, {n} trials", commands, unit="s"),
              figure(f"run_sweep in process, {n} trials", in_process, unit="s"),
-             figure(f"sum of the trials' own time in their Ray workers, {n} trials", workers, unit="s")]
-    command, sweep_wall = statistics.median(commands), statistics.median(in_process)
+             figure(f"sum of the trials' own time in their Ray workers, {n} trials", workers, unit="s"),
+             figure(f"Ray Tune alone: {n} trials sleeping those in-process times (the floor)", floors, unit="s")]
+    command, sweep_wall, floor = statistics.median(commands), statistics.median(in_process), statistics.median(floors)
     return {
         "rows": rows,
         "ratios": {"command / ideal": command / ideal, "run_sweep / ideal": sweep_wall / ideal,
+                   "Ray Tune alone / ideal": floor / ideal, "command / Ray Tune alone": command / floor,
                    "trial time in Ray workers / in process": statistics.median(workers) / sum(times)},
         "settings": {"trials": n, "slots": SLOTS, "trial": TRIAL, "repeats": repeats,
                      "target": "command / ideal <= 1.10"},
