@@ -50,7 +50,9 @@ def slow_sweep(tmp_path: Path, name: str, epochs: list[int], sleep_s: float, **e
 def _default_sigint() -> None:
     """In the child, before exec: Ctrl-C as a terminal gives it. A Python started with SIGINT
     ignored keeps it ignored (no KeyboardInterrupt), and the disposition is inherited from this
-    pytest process, where something earlier in a full run can leave it ignored."""
+    pytest process: a test run started as a background job of a non-interactive shell
+    (`bash -c '... &'`) starts with SIGINT ignored, as POSIX shells do for such jobs. No test
+    changes it (checked over a full run: SIGINT's handler before and after every test)."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
