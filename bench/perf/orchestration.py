@@ -70,25 +70,24 @@ def in_process_times(document: dict[str, Any]) -> list[float]:
         torch.set_num_threads(threads)
 
 
-def command_wall(sweep_file: Path, results: Path) -> float:
-    """`bench run` as a user runs it, Python start to exit."""
-    exe = Path(sys.executable).with_name("bench")
-    env = {**os.environ, "RAY_ADDRESS": ""}  # a local Ray of its own, not one this process may have started
+def _launch_wall(argv: list[str]) -> float:
+    """A launch's wall time, Python start to exit, on a local Ray of its own (not one this
+    process may have started)."""
     started = time.perf_counter()
-    subprocess.run([str(exe), "run", str(sweep_file), "--results", str(results)], check=True,
-                   capture_output=True, text=True, env=env)
+    subprocess.run(argv, check=True, capture_output=True, text=True, env={**os.environ, "RAY_ADDRESS": ""})
     return time.perf_counter() - started
+
+
+def command_wall(sweep_file: Path, results: Path) -> float:
+    """`bench run` as a user runs it."""
+    return _launch_wall([str(Path(sys.executable).with_name("bench")), "run", str(sweep_file), "--results", str(results)])
 
 
 def bare_tune_wall(times: list[float], storage: Path) -> float:
-    """The same trials as sleeps through Ray Tune alone (`bench.perf.tune_floor`), Python start to exit."""
+    """The same trials as sleeps through Ray Tune alone (`bench.perf.tune_floor`)."""
     import json
 
-    env = {**os.environ, "RAY_ADDRESS": ""}
-    started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "bench.perf.tune_floor", json.dumps(times), str(storage), str(SLOTS)],
-                   check=True, capture_output=True, text=True, env=env)
-    return time.perf_counter() - started
+    return _launch_wall([sys.executable, "-m", "bench.perf.tune_floor", json.dumps(times), str(storage), str(SLOTS)])
 
 
 def in_process_sweep_wall(document: dict[str, Any], results: Path) -> float:
