@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bench.analysis.attention import patch_association
+from bench.analysis.attention import association_metrics, patch_association
 from bench.data import load_splits, resolve_dataset
 from bench.models import create_model
 from bench.spec import parse_sweep
@@ -25,24 +25,64 @@ def block_scores(partition: list[list[int]], within: float = 2.0, diag: float = 
     return scores.fill_diagonal_(diag)
 
 
-def test_perfect_scores_associate_and_the_diagonal_does_not_count() -> None:
-    result = patch_association(block_scores(PARTITION), PARTITION)
-    assert result == {"exact": 1.0, "soft": 1.0, "gap": 2.0}
+def test_perfect_scores_associate_in_both_readings() -> None:
+    for include_diagonal in (True, False):
+        result = patch_association(block_scores(PARTITION), PARTITION, include_diagonal=include_diagonal)
+        assert result == {"exact": 1.0, "soft": 1.0, "gap": 2.0}
     # A huge diagonal with nothing learned off it is not association: ties never count.
     blank = torch.zeros(6, 6).fill_diagonal_(100.0)
     assert patch_association(blank, PARTITION)["exact"] == 0.0
+    assert patch_association(blank, PARTITION, include_diagonal=False)["exact"] == 0.0
     one_row = blank.clone()
     one_row[0, 3] = 1.0  # row 0 prefers its set-mate 3; the other rows are still all ties
     assert patch_association(one_row, PARTITION)["exact"] == 1 / 6
+    assert patch_association(one_row, PARTITION, include_diagonal=False)["exact"] == 1 / 6
+
+
+def test_def_2_2_counts_the_diagonal() -> None:
+    """Def. 2.2 ranks the whole row: the diagonal is one of the C largest entries it needs."""
+    # Set-mates lead the off-diagonal entries, but the diagonal sits below a between-set
+    # logit in row 0: the off-diagonal reading passes the row, Def. 2.2 fails it.
+    scores = block_scores(PARTITION, within=5.0, diag=3.0)
+    scores[0, 1] = 4.0  # between-set (0 is with 3; 1 is with 5), above row 0's diagonal 3.0
+    strict = patch_association(scores, PARTITION)
+    loose = patch_association(scores, PARTITION, include_diagonal=False)
+    assert loose["exact"] == 1.0 and loose["soft"] == 1.0
+    assert strict["exact"] == 5 / 6  # row 0 fails: its top 2 are {3, 1}, not {0, 3}
+    assert strict["soft"] == pytest.approx((5 + 0.5) / 6)
+    # The diagonal counts for the set too: a low diagonal with the mate on top still fails
+    # when a between-set entry ties or beats the diagonal, and passes once the diagonal leads it.
+    scores[0, 1] = 3.0
+    assert patch_association(scores, PARTITION)["exact"] == 5 / 6  # a tie is not association
+    scores[0, 1] = 2.5
+    assert patch_association(scores, PARTITION)["exact"] == 1.0
+    # Off-diagonal entries only: a set-mate below a between-set entry fails both readings.
+    scores[0, 3] = 1.0
+    assert patch_association(scores, PARTITION)["exact"] == 5 / 6
+    assert patch_association(scores, PARTITION, include_diagonal=False)["exact"] == 5 / 6
+
+
+def test_the_analysis_records_both_readings() -> None:
+    scores = block_scores(PARTITION, within=5.0, diag=3.0)
+    scores[0, 1] = 4.0
+    metrics = association_metrics(scores, PARTITION)
+    assert metrics == {"exact": 5 / 6, "soft": pytest.approx(5.5 / 6), "gap": pytest.approx(metrics["gap"]),
+                       "exact_offdiag": 1.0, "soft_offdiag": 1.0}
 
 
 def test_wrong_and_random_scores() -> None:
     wrong = [[0, 1], [2, 3], [4, 5]]
     result = patch_association(block_scores(wrong), PARTITION)
+    # Def. 2.2: row i's top 2 are i itself (its set) and a wrong mate: half the set.
+    assert result["exact"] == 0.0 and result["soft"] == 0.5 and result["gap"] < 0
+    result = patch_association(block_scores(wrong), PARTITION, include_diagonal=False)
     assert result["exact"] == 0.0 and result["soft"] == 0.0 and result["gap"] < 0
     torch.manual_seed(0)
     d, partition = 40, [list(range(i, i + 4)) for i in range(0, 40, 4)]
-    soft = sum(patch_association(torch.randn(d, d), partition)["soft"] for _ in range(20)) / 20
+    draws = [torch.randn(d, d) for _ in range(20)]
+    soft = sum(patch_association(s, partition)["soft"] for s in draws) / 20
+    assert abs(soft - 4 / 40) < 0.03  # chance: C / D
+    soft = sum(patch_association(s, partition, include_diagonal=False)["soft"] for s in draws) / 20
     assert abs(soft - 3 / 39) < 0.03  # chance: (C - 1) / (D - 1)
 
 

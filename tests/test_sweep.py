@@ -133,6 +133,9 @@ def test_long_full_batch_runs_report_sparsely_and_store_every_epoch_and_analysis
     analysis = pd.read_parquet(results / "gd" / "analysis")
     exact = analysis[(analysis.metric == "exact") & (analysis.layer == "A")]
     assert sorted(exact.epoch) == [0, 50, 100, 150]
+    # Def. 2.2 and the off-diagonal reading, both recorded at every analysed epoch.
+    for metric in ("soft", "gap", "exact_offdiag", "soft_offdiag"):
+        assert sorted(analysis[(analysis.metric == metric) & (analysis.layer == "A")].epoch) == [0, 50, 100, 150]
     assert set(analysis[analysis.metric == "cos_v_w"].epoch) == {0, 50, 100, 150}
     assert (analysis.metric == "map").sum() == 100  # the 10 x 10 logits at the end
 

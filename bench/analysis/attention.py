@@ -1,19 +1,27 @@
 """Patch association (Jelassi, Sander & Li 2022, Def. 2.2): has attention learned the partition?
 
-A model performs patch association when, for every set S_l and every i in S_l, the
+A model performs patch association when, for every set S_l and every i in S_l, the C
 largest entries of row i of its positional scores (A for `pa_theory`, P^T P or the
-positional attention maps for ViTs) are exactly S_l. Row i's own entry is left out of
-the test: `pa_theory`'s diagonal is held fixed above the rest, and an attention map's
-diagonal is its self-weight; so the top C - 1 off-diagonal entries of row i must be
-S_l minus i.
+positional attention maps for ViTs) are exactly S_l, row i's own (diagonal) entry
+included. That is the default here. A between-set entry above the diagonal therefore
+breaks association even when the set-mates lead the rest of the row.
+
+The earlier, weaker reading is kept as a named variant (`include_diagonal=False`): the
+diagonal is left out and the top C - 1 off-diagonal entries of row i must be S_l minus i
+(`pa_theory`'s diagonal is held fixed, and an attention map's diagonal is a self-weight,
+so this variant asks only whether the learned off-diagonal entries rank the set-mates first).
 
 Metrics (`patch_association(scores, partition)`):
-- `exact`: share of rows whose top C - 1 off-diagonal entries are exactly their set-mates,
-  strictly (every set-mate scores above every other patch; ties do not count);
-- `soft`: mean share of those top entries that are set-mates (chance (C-1)/(D-1));
-- `gap`: mean within-set minus mean between-set off-diagonal score.
+- `exact`: share of rows whose C largest entries (diagonal included) are exactly their set,
+  strictly (every member of the set scores above every other patch; ties do not count);
+- `soft`: mean |TopC(row i) ∩ S(i)| / C (chance about C/D);
+- `gap`: mean within-set minus mean between-set off-diagonal score (the diagonal is left
+  out of both means in either variant: for `pa_theory` it is fixed, not learned).
+With `include_diagonal=False`, `exact` and `soft` rank the top C - 1 off-diagonal entries
+against the set-mates instead (soft's chance (C-1)/(D-1)).
 
-The `patch_association` analysis records them over training (`every: N` epochs) with, for
+The `patch_association` analysis records both variants (`exact`, `soft`, `gap` per Def. 2.2,
+and `exact_offdiag`, `soft_offdiag`) over training (`every: N` epochs) with, for
 `pa_theory`, |cos(v, w*)| (v aligns with w* first, then A learns the sets), and for ViTs
 one set per layer and head of the positional attention maps (CLS row and column dropped;
 a vanilla ViT's maps depend on the input and are averaged over a test batch) and one for
@@ -36,8 +44,13 @@ PARTITIONED_DATA = ("spatial", "spatial_control")
 MODEL_FAMILIES = ("theory", "vit", "vit_pos")
 
 
-def patch_association(scores: torch.Tensor, partition: list[list[int]]) -> dict[str, float]:
-    """exact / soft / gap of a (D, D) score matrix against the sets of `partition` (see module doc)."""
+def patch_association(scores: torch.Tensor, partition: list[list[int]],
+                      include_diagonal: bool = True) -> dict[str, float]:
+    """exact / soft / gap of a (D, D) score matrix against the sets of `partition` (see module doc).
+
+    `include_diagonal=True` is Def. 2.2 (row i's C largest entries, its own included, must be
+    its set); `False` is the off-diagonal variant (the top C - 1 off-diagonal entries must be
+    its set-mates)."""
     scores = scores.detach().double().cpu()
     d = scores.shape[0]
     set_of = torch.empty(d, dtype=torch.long)
@@ -48,23 +61,31 @@ def patch_association(scores: torch.Tensor, partition: list[list[int]]) -> dict[
     same = set_of[:, None] == set_of[None, :]
     eye = torch.eye(d, dtype=torch.bool)
     within, between = same & ~eye, ~same
-    off_diagonal = scores.masked_fill(eye, float("-inf"))
+    # The entries ranked in row i: the whole row (Def. 2.2) or the row without its diagonal.
+    members = same if include_diagonal else within
+    ranked = scores if include_diagonal else scores.masked_fill(eye, float("-inf"))
     exact_rows, soft_sum = 0, 0.0
     for i in range(d):
-        mates = within[i].nonzero().flatten()
-        k = len(mates)
-        if k == 0:  # sets of one patch: nothing to associate
+        k = int(members[i].sum())
+        if k == 0 or not between[i].any():  # nothing to rank against: trivially associated
             exact_rows += 1
             soft_sum += 1.0
             continue
-        top = off_diagonal[i].topk(k).indices
-        hits = int(within[i, top].sum())
-        # Exact: the set-mates strictly above every other patch (a tie is not association:
+        top = ranked[i].topk(k).indices
+        soft_sum += int(members[i, top].sum()) / k
+        # Exact: every member strictly above every other patch (a tie is not association:
         # an untrained, all-equal row would otherwise pass whenever the tie-break is lucky).
-        exact_rows += bool(scores[i, within[i]].min() > scores[i, between[i]].max()) if between[i].any() else True
-        soft_sum += hits / k
+        exact_rows += bool(scores[i, members[i]].min() > scores[i, between[i]].max())
     gap = scores[within].mean() - scores[between].mean() if within.any() and between.any() else torch.tensor(0.0)
     return {"exact": exact_rows / d, "soft": soft_sum / d, "gap": float(gap)}
+
+
+def association_metrics(scores: torch.Tensor, partition: list[list[int]]) -> dict[str, float]:
+    """Both readings for the analysis table: Def. 2.2 (`exact`, `soft`, `gap`) and the
+    off-diagonal variant (`exact_offdiag`, `soft_offdiag`)."""
+    metrics = patch_association(scores, partition)
+    offdiag = patch_association(scores, partition, include_diagonal=False)
+    return {**metrics, "exact_offdiag": offdiag["exact"], "soft_offdiag": offdiag["soft"]}
 
 
 class PatchAssociationOptions(AnalysisOptions):
@@ -80,7 +101,8 @@ def _applies(model: str, dataset: str) -> bool:
 
 def _rows(layer: str, index: int | None, scores: torch.Tensor, partition: list[list[int]],
           with_map: bool) -> list[dict[str, Any]]:
-    rows = [{"metric": k, "layer": layer, "index": index, "value": v} for k, v in patch_association(scores, partition).items()]
+    rows = [{"metric": k, "layer": layer, "index": index, "value": v}
+            for k, v in association_metrics(scores, partition).items()]
     if with_map:
         flat = scores.detach().double().cpu().flatten().tolist()
         tag = layer if index is None else f"{layer}.{index}"
