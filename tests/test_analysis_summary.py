@@ -84,3 +84,16 @@ def test_model_summary_reads_signs_directions_and_noise_bands():
     assert res["noise_worst_frequency"] == pytest.approx(0.9) and res["noise_drop_white"] == 0.25
     assert vit["eigenvalues@1"] == 2 and vit["nep@1"] == 1.0 and math.isnan(res["nep@1"])
     assert "| nep |" in to_markdown(summary.reset_index()) and "| nep@1 |" in to_markdown(summary.reset_index())
+
+
+def test_model_summary_reports_the_nyquist_reading_apart_and_ece():
+    """With `fourier: {nyquist: true}` the value at pi is summarised apart (dlogamp_nyquist_*), beside the
+    authors' half-diagonal (dlogamp_*); the trials' ECE is averaged per model."""
+    frame = per_block("r", ["stem", "conv", "conv"], [8, 8, 8], [-3.0, -2.0, -1.0], [1.0, 2.0, 4.0])
+    frame += rows("r", "fourier", "dlogamp_nyquist", {0: -1.0, 1: -2.0, 2: -4.0})
+    trials = trials_frame({"r": "resnet18"}).assign(ece=0.125)
+    res = model_summary(trials, pd.DataFrame(frame)).set_index("model").loc["resnet18"]
+    assert res["dlogamp_high_last"] == -1.0 and res["dlogamp_conv_mean_change"] == pytest.approx(1.0)
+    assert res["dlogamp_nyquist_first"] == -1.0 and res["dlogamp_nyquist_last"] == -4.0
+    assert res["dlogamp_nyquist_conv_mean_change"] == pytest.approx(-1.5)
+    assert res["dlogamp_nyquist_conv_share_lowered"] == 1.0 and res["ece"] == 0.125

@@ -1,15 +1,19 @@
 """Fourier analysis of feature maps (Park & Kim): MSAs are low-pass filters, Convs high-pass.
 
 For each block output (the residual stream; ViT tokens laid out on their grid without
-CLS), ΔlogAmp(f) is the log amplitude of the 2-D FFT over the spatial dims, averaged over
-batch and channels, read along the diagonal from frequency 0 to pi, minus its value at 0.
-The value at the highest frequency, per block against normalised depth, is the summary.
+CLS), ΔlogAmp(f) is computed as the authors' notebook (xxxnell/how-do-vits-work,
+fourier_analysis.ipynb) computes it: log(|FFT2| + 1e-6) over the spatial dims, rolled by
+(h/2, w/2) so that frequency 0 sits at the centre, averaged over batch and channels, the
+half-diagonal `diag()[h/2:]`, minus its first value (frequency 0). The value at the last
+point, per block against normalised depth, is the summary.
 
-The diagonal is read from the unshifted spectrum at indices (i, i), i = 0..h/2: frequency
-2*pi*i/h. After `fftshift` that is the paper's half-diagonal from the centre, except that
-the Nyquist frequency pi (index h/2, which the shift wraps to the corner) is included,
-where a checkerboard puts all its energy. An h x h map gives h/2 + 1 points from 0 to pi
-(only 2 on a 2 x 2 map): the resolution is recorded with the metric.
+The half-diagonal of an h x h map (h even) runs over the unshifted indices (k, k),
+k = 0 .. h/2 - 1: frequencies 0 .. (1 - 2/h)·pi in steps of 2·pi/h. It leaves out the
+Nyquist frequency pi (index h/2, which the roll wraps to the corner), where a checkerboard
+puts all its energy; on small maps that last point matters (4 x 4: 0, pi/2; the Nyquist
+option adds pi). `nyquist: true` appends it (bench's reading before issue 26). An odd h
+has no pi: its half-diagonal ends at (1 - 1/h)·pi and the option changes nothing. The
+resolution is recorded with the metric.
 """
 
 from __future__ import annotations
@@ -28,19 +32,18 @@ from bench.analysis.registry import AnalysisContext, AnalysisOptions, register_a
 EPS = 1e-6
 
 
-def diagonal_indices(h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Row and column FFT indices along the diagonal from frequency 0 to pi (pi included for even sizes)."""
-    m = min(h, w) // 2
-    t = torch.arange(m + 1, dtype=torch.float64) / max(m, 1)
-    rows = torch.round(t * (h // 2)).long()
-    cols = torch.round(t * (w // 2)).long()
-    return rows, cols
+def half_diagonal_indices(h: int, w: int, nyquist: bool = False) -> torch.Tensor:
+    """Unshifted FFT indices (k, k) of the points `delta_log_amplitude` returns: the authors'
+    `roll(h/2).diag()[h/2:]` is k = 0 .. h - h/2 - 1; `nyquist` appends k = h/2 (pi) for even h."""
+    if h != w:
+        raise ValueError(f"the half-diagonal is defined for square maps (as in the authors' code), got {h} x {w}")
+    count = h - h // 2 + (1 if nyquist and h % 2 == 0 else 0)
+    return torch.arange(count)
 
 
-def diagonal_frequencies(h: int, w: int | None = None) -> torch.Tensor:
-    """The frequencies (radians, 0..pi) of the points `delta_log_amplitude` returns."""
-    rows, _ = diagonal_indices(h, w or h)
-    return rows.double() * (2 * math.pi / h)
+def diagonal_frequencies(h: int, w: int | None = None, nyquist: bool = False) -> torch.Tensor:
+    """The frequencies (radians) of the points `delta_log_amplitude` returns: 2*pi*k/h."""
+    return half_diagonal_indices(h, w or h, nyquist).double() * (2 * math.pi / h)
 
 
 def log_amplitude(feature_map: torch.Tensor) -> torch.Tensor:
@@ -51,25 +54,33 @@ def log_amplitude(feature_map: torch.Tensor) -> torch.Tensor:
     return (spectrum.abs() + EPS).log().mean(dim=(0, 1))
 
 
-def delta_log_amplitude(feature_map: torch.Tensor) -> torch.Tensor:
-    """ΔlogAmp from frequency 0 to pi of a (batch, channels, h, w) map (contract entry point).
+def delta_log_amplitude(feature_map: torch.Tensor, nyquist: bool = False) -> torch.Tensor:
+    """ΔlogAmp of a (batch, channels, h, w) map on the authors' half-diagonal (contract entry point).
 
-    Element i is at frequency 2*pi*i/h along the diagonal (i = 0..h/2); element 0 is 0.
+    Element k is at frequency 2*pi*k/h, k = 0 .. h/2 - 1 (0 .. (1 - 2/h)·pi); element 0 is 0.
+    `nyquist`: one more element, at pi (even h only).
     """
     amp = log_amplitude(feature_map)
-    rows, cols = diagonal_indices(*amp.shape)
-    diag = amp[rows.to(amp.device), cols.to(amp.device)]
-    return (diag - diag[0]).float()
+    h, w = amp.shape
+    centred = torch.roll(amp, shifts=(h // 2, w // 2), dims=(0, 1))  # the authors' shift
+    half = centred.diag()[h // 2:]
+    if len(half) < len(half_diagonal_indices(h, w, nyquist)):
+        half = torch.cat([half, amp[h // 2, w // 2].reshape(1)])  # the Nyquist corner the roll wrapped away
+    return (half - half[0]).float()
 
 
-def high_frequency_value(feature_map: torch.Tensor) -> float:
-    """ΔlogAmp at the highest frequency on the diagonal (pi for even map sizes)."""
-    return float(delta_log_amplitude(feature_map)[-1])
+def high_frequency_value(feature_map: torch.Tensor, nyquist: bool = False) -> float:
+    """ΔlogAmp at the last point of the half-diagonal ((1 - 2/h)·pi; pi with `nyquist`)."""
+    return float(delta_log_amplitude(feature_map, nyquist)[-1])
 
 
 class FourierOptions(AnalysisOptions):
     n_samples: int = Field(256, ge=1)  # test images (the first ones, the same for every trial)
     batch_size: int = Field(128, ge=1)
+    #: Also the Nyquist frequency pi (even h): one more point on each `dlogamp` curve and a
+    #: `dlogamp_nyquist` row per block, the high-frequency value bench read before issue 26.
+    #: `dlogamp_high` stays the authors' (the last point of their half-diagonal) either way.
+    nyquist: bool = False
 
 
 def held_out_feature_maps(ctx: AnalysisContext, n_samples: int, batch_size: int) -> list[tuple[int, str, Any, torch.Tensor]]:
@@ -97,17 +108,21 @@ def block_rows(ctx: AnalysisContext, maps: list[tuple[int, str, Any, torch.Tenso
 
 @register_analysis("fourier", FourierOptions, applies=image_model)
 def fourier_analysis(ctx: AnalysisContext, options: FourierOptions) -> list[dict[str, Any]]:
-    """ΔlogAmp per block and frequency, its high-frequency value, and each map's resolution."""
+    """ΔlogAmp per block and frequency, its value at the last point of the half-diagonal
+    (`dlogamp_high`), and each map's resolution."""
     with preserved(ctx.model):
         maps = held_out_feature_maps(ctx, options.n_samples, options.batch_size)
     rows = block_rows(ctx, maps)
     for i, name, _, fmap in maps:
-        delta = delta_log_amplitude(fmap)
-        freqs = diagonal_frequencies(fmap.shape[-2], fmap.shape[-1])
+        delta = delta_log_amplitude(fmap, options.nyquist)
+        freqs = diagonal_frequencies(fmap.shape[-2], fmap.shape[-1], options.nyquist)
         for j, value in enumerate(delta.tolist()):
             rows.append({"metric": "dlogamp", "layer": name, "index": j, "value": value})
             rows.append({"metric": "frequency", "layer": name, "index": j, "value": float(freqs[j]) / math.pi})
-        rows.append({"metric": "dlogamp_high", "layer": name, "index": i, "value": float(delta[-1])})
+        high = len(half_diagonal_indices(*fmap.shape[-2:])) - 1  # the authors' last point, with or without pi
+        rows.append({"metric": "dlogamp_high", "layer": name, "index": i, "value": float(delta[high])})
+        if len(delta) > high + 1:
+            rows.append({"metric": "dlogamp_nyquist", "layer": name, "index": i, "value": float(delta[-1])})
         rows.append({"metric": "resolution", "layer": name, "index": i, "value": fmap.shape[-1]})
     return rows
 
@@ -144,7 +159,7 @@ def draw_per_block(ax: Any, curves: Any, colors: dict[str, Any]) -> None:
 
 @register_plot("fourier")
 def plot_fourier(frame: Any) -> Any:
-    """ΔlogAmp at the highest frequency against normalised depth per model; per-frequency curves beside it."""
+    """ΔlogAmp at the half-diagonal's last point against normalised depth per model; per-frequency curves beside it."""
     from bench.analysis.figures import last_epoch, model_colors, new_figure, no_data
 
     fig, (left, right) = new_figure(1, 2, width=11.0, height=4.2)
@@ -155,7 +170,7 @@ def plot_fourier(frame: Any) -> Any:
     else:
         draw_per_block(left, curves, colors)
         left.legend(fontsize=8)
-    left.set_ylabel("ΔlogAmp at the highest frequency")
+    left.set_ylabel("ΔlogAmp at (1 - 2/h)π (half-diagonal's end)")
     left.set_title("Fourier: high-frequency amplitude vs depth")
     # Right: ΔlogAmp(f) of the last block of each model (mean over its trials).
     last = last_epoch(frame)

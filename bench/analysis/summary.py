@@ -100,13 +100,16 @@ def model_summary(trials: pd.DataFrame, analysis: pd.DataFrame) -> pd.DataFrame:
 
     ok = latest_ok_trials(trials)
     frame = joined(trials, analysis, every_epoch=("hessian",))
-    hf_changes = block_changes(frame, "fourier", "dlogamp_high")
+    # dlogamp_high: the authors' half-diagonal's last point; dlogamp_nyquist (option): pi, bench's reading before issue 26.
+    hf_changes = {m: block_changes(frame, "fourier", m) for m in ("dlogamp_high", "dlogamp_nyquist")}
     var_changes = block_changes(frame, "variance", "variance", log=True)
     rows = []
     for model, mine in frame.groupby("model"):
         row: dict[str, Any] = {"model": model, "trials": int(mine["trial_id"].nunique())}
         accs = ok[ok["model"] == model]["test_acc"]
         row["test_acc"] = float(accs.mean()) if len(accs) else math.nan
+        if "ece" in ok.columns and ok[ok["model"] == model]["ece"].notna().any():
+            row["ece"] = float(ok[ok["model"] == model]["ece"].mean())
 
         hess = mine[mine["analysis"] == "hessian"]
         epochs = sorted(hess["epoch"].dropna().unique()) if "epoch" in hess.columns else []
@@ -117,13 +120,14 @@ def model_summary(trials: pd.DataFrame, analysis: pd.DataFrame) -> pd.DataFrame:
             row.update(hessian_stats(hess))
 
         fourier = mine[mine["analysis"] == "fourier"]
-        high = fourier[fourier["metric"] == "dlogamp_high"]
-        if len(high):
-            last = high[high["index"] == high.groupby("trial_id")["index"].transform("max")]
-            row["dlogamp_high_last"] = float(last["value"].mean())
-            row["dlogamp_high_first"] = float(high[high["index"] == high.groupby("trial_id")["index"].transform("min")]
-                                              ["value"].mean())
-        row.update(_kind_stats(hf_changes, model, "dlogamp"))
+        for metric, prefix in (("dlogamp_high", "dlogamp"), ("dlogamp_nyquist", "dlogamp_nyquist")):
+            high = fourier[fourier["metric"] == metric]
+            if len(high):
+                last = high[high["index"] == high.groupby("trial_id")["index"].transform("max")]
+                first = high[high["index"] == high.groupby("trial_id")["index"].transform("min")]
+                row[f"{metric}_first"] = float(first["value"].mean())
+                row[f"{metric}_last"] = float(last["value"].mean())
+            row.update(_kind_stats(hf_changes[metric], model, prefix))
 
         variance = mine[(mine["analysis"] == "variance") & (mine["metric"] == "variance")]
         if len(variance):
@@ -148,8 +152,9 @@ def model_summary(trials: pd.DataFrame, analysis: pd.DataFrame) -> pd.DataFrame:
             row["noise_drop_white"] = float(white.mean()) if len(white) else math.nan
         rows.append(row)
     out = pd.DataFrame(rows)
-    groups = ("model", "trials", "test_acc", "eigenvalues", "nep", "ape", "negative", "top_", "smallest", "largest",
-              "converged", "hvps", "s_per", "dlogamp_high", "dlogamp_conv", "dlogamp_msa", "dlogamp_mlp", "variance",
+    groups = ("model", "trials", "test_acc", "ece", "eigenvalues", "nep", "ape", "negative", "top_", "smallest", "largest",
+              "converged", "hvps", "s_per", "dlogamp_high", "dlogamp_conv", "dlogamp_msa", "dlogamp_mlp",
+              "dlogamp_nyquist", "variance",
               "logvar_conv", "logvar_msa", "logvar_mlp", "noise")
     def key(column: str) -> tuple[int, int, int]:
         base, _, epoch = column.partition("@")
