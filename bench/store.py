@@ -253,18 +253,50 @@ class ResultStore:
         return max(found)[1] if found else None
 
     def read_checkpoint(self, path: str) -> dict[str, Any]:
-        import io
-
-        import torch
-
-        with self.fs.open_input_stream(path) as stream:
-            return torch.load(io.BytesIO(stream.read()), map_location="cpu", weights_only=False)
+        """A trial's checkpoint state, loaded as plain tensors and Python values only (UnusableCheckpoint if not)."""
+        try:
+            with self.fs.open_input_stream(path) as stream:
+                raw = stream.read()
+        except (OSError, pa.ArrowException) as exc:
+            raise UnusableCheckpoint(f"{path}: cannot be read ({_first_line(exc)})") from None
+        return load_checkpoint_state(raw, path)
 
     def _list(self, folder: str) -> list[pafs.FileInfo]:
         try:
             return self.fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
         except (OSError, pa.ArrowException):
             return []
+
+
+#: What a checkpoint state must hold to resume a trial (bench.train.run_trial's `get_state`).
+CHECKPOINT_KEYS = frozenset({"epoch", "model", "optimizer", "scheduler", "generator", "torch_rng", "history",
+                             "train_time", "samples_seen", "elapsed"})
+
+
+class UnusableCheckpoint(ValueError):
+    """A checkpoint that is not plain tensors and Python values, or not a trial's state: never resumed from."""
+
+
+def load_checkpoint_state(raw: bytes, where: str) -> dict[str, Any]:
+    """A checkpoint's state from its bytes, with `torch.load(weights_only=True)`: stored data is
+    untrusted (anyone who can write to the store could plant a file), so nothing in it may run code.
+    Older checkpoints that need full unpickling are refused like planted ones (the trial retrains)."""
+    import io
+
+    import torch
+
+    try:
+        state = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+    except Exception as exc:  # UnpicklingError for forbidden globals, RuntimeError/EOFError for damaged files
+        raise UnusableCheckpoint(f"{where}: not a plain-tensor checkpoint ({_first_line(exc)[:200]})") from None
+    if not isinstance(state, dict) or not CHECKPOINT_KEYS <= set(state):
+        raise UnusableCheckpoint(f"{where}: not a trial checkpoint (expected the keys {', '.join(sorted(CHECKPOINT_KEYS))})")
+    return state
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
 
 
 def list_sweeps(root: str | os.PathLike[str]) -> list[str]:

@@ -41,7 +41,7 @@ from bench import plugins, storage, tuning  # noqa: E402
 from bench.lock import sweep_lock  # noqa: E402
 from bench.errors import BenchInputError, DataUnavailable  # noqa: E402
 from bench.spec import SINGLE_STAGE, Sweep  # noqa: E402
-from bench.store import ResultStore, now_utc, trial_row  # noqa: E402
+from bench.store import ResultStore, UnusableCheckpoint, load_checkpoint_state, now_utc, trial_row  # noqa: E402
 from bench.tracking import BackgroundTracker, Tracker, check_reachable, resolve_tracking  # noqa: E402
 from bench.train import run_trial  # noqa: E402
 
@@ -101,15 +101,20 @@ def _tune_trainable(param_space: dict[str, Any]) -> None:
         return
     config = trial_config(param_space)
     store = ResultStore(param_space["results"], config["sweep"])
-    resume = None
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:  # a retry within this launch
-        with checkpoint.as_directory() as folder:
-            resume = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=False)
-    elif not param_space.get("fresh"):  # a launch that was killed or interrupted left one behind
-        path = store.latest_checkpoint(config["trial_id"], STATE_FILE)
-        if path is not None:
-            resume = store.read_checkpoint(path)
+    resume, refused = None, None
+    try:  # checkpoints are plain tensors and values (weights_only): a planted or damaged one is never resumed from
+        checkpoint = tune.get_checkpoint()
+        if checkpoint is not None:  # a retry within this launch
+            with checkpoint.as_directory() as folder:
+                path = Path(folder) / STATE_FILE
+                resume = load_checkpoint_state(path.read_bytes(), f"{config['trial_id']}/{STATE_FILE}")
+        elif not param_space.get("fresh"):  # a launch that was killed or interrupted left one behind
+            path = store.latest_checkpoint(config["trial_id"], STATE_FILE)
+            if path is not None:
+                resume = store.read_checkpoint(path)
+    except (UnusableCheckpoint, OSError) as exc:
+        refused = f"checkpoint refused, trial trained from the start: {str(exc)[:300]}"
+        print(f"bench: warning: {config['trial_id']}: {refused}", file=sys.stderr, flush=True)
 
     # Report (with a checkpoint) at most every `report_every_s` seconds, and after the last
     # epoch: a 10^4-epoch full-batch run must not spend its time writing checkpoints.
@@ -122,7 +127,7 @@ def _tune_trainable(param_space: dict[str, Any]) -> None:
             return
         last_report[0] = now
         with tempfile.TemporaryDirectory() as folder:
-            torch.save(get_state(), Path(folder) / STATE_FILE)
+            torch.save(_plain(get_state()), Path(folder) / STATE_FILE)
             tune.report(dict(row), checkpoint=tune.Checkpoint.from_directory(folder))
 
     source_state = None
@@ -137,8 +142,21 @@ def _tune_trainable(param_space: dict[str, Any]) -> None:
             f"out of memory on {device} ({config['model']}, batch_size {train['batch_size']}): "
             f"{str(exc).splitlines()[0] if str(exc) else 'allocation failed'}; lower train.batch_size or give "
             "each trial more memory (resources.gpus_per_trial)") from None
+    if refused:  # kept with the trial's row (config.recorded), and printed by the driver
+        result["recorded"] = {**(result.get("recorded") or {}), "checkpoint_refused": refused}
     last = result["history"][-1] if result["history"] else {}
     tune.report({**last, FINAL_KEY: json.dumps(result)})  # the last epoch's metrics too: searchers read them
+
+
+def _plain(value: Any) -> Any:
+    """A checkpoint state with numpy scalars as Python numbers: it must load with weights_only=True."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(v) for v in value)
+    if type(value).__module__ == "numpy" and hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
+        return value.item()
+    return value
 
 
 def _run_stack(param_space: dict[str, Any]) -> None:
@@ -291,6 +309,8 @@ class StoreCallback(tune.Callback):
         """A finished trial's rows: epochs, analysis, weights (if a later stage needs them), then its trial row."""
         tid = config["trial_id"]
         self.reports.pop(tid, None)
+        if (result.get("recorded") or {}).get("checkpoint_refused"):  # the worker's warning, where the user sees it
+            print(f"bench: warning: {tid}: {result['recorded']['checkpoint_refused']}", file=sys.stderr, flush=True)
         status = result.get("status", "ok")
         error = f"diverged: train_loss not finite at epoch {result['diverged_epoch']}" if status == "diverged" else None
         row = trial_row(config, status=status, result=result, error=error,
@@ -330,7 +350,7 @@ class StoreCallback(tune.Callback):
     def _final_weights(trial) -> dict[str, Any]:
         """The model state of the trial's last checkpoint (its last epoch is always reported with one)."""
         with trial.checkpoint.as_directory() as folder:
-            return torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=False)["model"]
+            return torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)["model"]
 
     def record_failure(self, config: dict[str, Any], error: str) -> None:
         """A trial that could not run at all (its source failed): a `failed` row, no Tune trial."""
