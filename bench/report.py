@@ -31,7 +31,7 @@ from bench.errors import BenchInputError
 
 #: Columns a table's columns axis is chosen from, in order: the first that varies wins.
 COL_CANDIDATES = ("train_size", "dataset", "dataset.shuffle_grid", "transfer", "stage", "model_args.patch_size")
-METRICS = ("test_acc", "test_loss", "train_loss")
+METRICS = ("test_acc", "test_loss", "ece", "train_loss")  # ece: calibration of the test predictions (bench.calibration)
 
 
 @dataclass

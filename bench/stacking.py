@@ -32,7 +32,8 @@ from bench import accel
 from bench.data import build_trial_data
 from bench.models import count_flops, count_params, model_entry, set_attention_impl
 from bench.models.layers import DropPath
-from bench.train import (build_model, classification_loss, decay_groups, device_name, evaluate,
+from bench.calibration import ECE_BINS
+from bench.train import (build_model, classification_loss, decay_groups, device_name, evaluate_with_ece,
                          lr_factor, make_loader, optimizer_over, resolve_device)
 
 #: Config fields that are per trial in a stack.
@@ -148,9 +149,10 @@ def run_stacked(configs: list[dict[str, Any]], *, device: str | None = None) -> 
                 continue
             with torch.no_grad():
                 model.load_state_dict({n: t[i] for n, t in {**params, **buffers}.items()})
-            test_loss, test_acc = evaluate(model, data, amp=amp)
+            test_loss, test_acc, ece = evaluate_with_ece(model, data, amp=amp)
             histories[i].append({"epoch": epoch + 1, "train_loss": losses_now[i], "train_acc": correct_now[i],
-                                 "test_loss": test_loss, "test_acc": test_acc, "lr": optimizer.param_groups[0]["lr"],
+                                 "test_loss": test_loss, "test_acc": test_acc, "ece": ece,
+                                 "lr": optimizer.param_groups[0]["lr"],
                                  "wall_s": time.perf_counter() - started, "attempt": 1})
             if not math.isfinite(losses_now[i]):
                 diverged[i] = epoch + 1
@@ -161,18 +163,18 @@ def run_stacked(configs: list[dict[str, Any]], *, device: str | None = None) -> 
     for i, (config, model, data) in enumerate(zip(configs, models, datas)):
         last = histories[i][-1] if histories[i] else {}
         if not histories[i]:
-            last["test_loss"], last["test_acc"] = evaluate(model, data, amp=amp)
+            last["test_loss"], last["test_acc"], last["ece"] = evaluate_with_ece(model, data, amp=amp)
         results.append({
             "trial_id": config.get("trial_id"), "status": "ok" if diverged[i] is None else "diverged",
             "diverged_epoch": diverged[i], "resumed_from_epoch": None, "epochs": len(histories[i]), "n_train": n_train,
-            "test_acc": last.get("test_acc"), "test_loss": last.get("test_loss"),
+            "test_acc": last.get("test_acc"), "test_loss": last.get("test_loss"), "ece": last.get("ece"),
             "train_loss": last.get("train_loss"), "train_acc": last.get("train_acc"),
             "params": count_params(model), "flops": count_flops(model, data.input_shape),
             "wall_s": time.perf_counter() - started,
             # the stack's throughput over its K models: each model saw n_train images per epoch
             "train_samples_per_s": k * n_train * len(histories[i]) / train_time if train_time > 0 else None,
             "device": device_name(dev), "compile_s": None,
-            "recorded": {"param_groups": groups, "steps_per_epoch": steps_per_epoch,
+            "recorded": {"param_groups": groups, "steps_per_epoch": steps_per_epoch, "ece_bins": ECE_BINS,
                          "precision": str(amp).removeprefix("torch.") if amp else "fp32", "memory_format": "contiguous",
                          "stacked": k},
             "history": histories[i], "analysis": [],

@@ -17,6 +17,7 @@ from torch import nn
 
 from bench import accel
 from bench.analysis import AnalysisContext, due, run_analysis
+from bench.calibration import ECE_BINS, CalibrationCounts
 from bench.data import DeviceLoader, TrialData, build_trial_data
 from bench.data.shuffle import BlockShuffle
 from bench.models import count_flops, count_params, create_model, model_entry
@@ -109,11 +110,13 @@ def lr_factor(step: int, steps_per_epoch: int, train: dict[str, Any]) -> float:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, data: TrialData, batch_size: int | None = None,
-             amp: torch.dtype | None = None, fmt: torch.memory_format = torch.contiguous_format) -> tuple[float, float]:
+             amp: torch.dtype | None = None, fmt: torch.memory_format = torch.contiguous_format,
+             calibration: CalibrationCounts | None = None) -> tuple[float, float]:
     """(NLL, accuracy) on the test split, in batches of about 4M input values, one sync at the end.
 
     Small inputs (pa_theory's patch vectors) are evaluated in a few large batches: a long
-    full-batch run evaluates after every one-step epoch.
+    full-batch run evaluates after every one-step epoch. `calibration` collects the
+    predictions' confidence bins on the way (for the ECE).
     """
     model.eval()
     n = len(data.test_x)
@@ -128,7 +131,17 @@ def evaluate(model: nn.Module, data: TrialData, batch_size: int | None = None,
             logits = model(x)
         nll += F.cross_entropy(logits.float(), y, reduction="sum").double()
         correct += (logits.argmax(dim=1) == y).sum()
+        if calibration is not None:
+            calibration.add(logits.float(), y)
     return nll.item() / n, correct.item() / n
+
+
+def evaluate_with_ece(model: nn.Module, data: TrialData, amp: torch.dtype | None = None,
+                      fmt: torch.memory_format = torch.contiguous_format) -> tuple[float, float, float]:
+    """(NLL, accuracy, ECE over ECE_BINS bins) on the test split: the metrics of a trial's test predictions."""
+    counts = CalibrationCounts(ECE_BINS, data.test_x.device)
+    nll, acc = evaluate(model, data, amp=amp, fmt=fmt, calibration=counts)
+    return nll, acc, counts.ece()
 
 
 def classification_loss(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float) -> torch.Tensor:
@@ -269,13 +282,14 @@ def run_trial(
         accel.sync(dev)
         train_time += time.perf_counter() - epoch_start
         samples_seen += data.n_train
-        eval_loss, eval_acc = evaluate(model, data, amp=amp, fmt=fmt)
+        eval_loss, eval_acc, eval_ece = evaluate_with_ece(model, data, amp=amp, fmt=fmt)
         row = {
             "epoch": epoch + 1,
             "train_loss": loss_sum.item() / data.n_train,
             "train_acc": correct.item() / data.n_train,
             loss_key: eval_loss,
             acc_key: eval_acc,
+            **({} if searching else {"ece": eval_ece}),  # calibration of the test predictions
             "lr": optimizer.param_groups[0]["lr"],
             "wall_s": elapsed_before + time.perf_counter() - started,
             "attempt": attempt,  # > 1: this epoch ran after a resume from a checkpoint
@@ -297,8 +311,9 @@ def run_trial(
     if history:
         last = history[-1]
         eval_loss, eval_acc, train_loss, train_acc = last[loss_key], last[acc_key], last["train_loss"], last["train_acc"]
+        eval_ece = last.get("ece")
     else:  # epochs: 0 evaluates the initialisation
-        eval_loss, eval_acc = evaluate(model, data, amp=amp, fmt=fmt)
+        eval_loss, eval_acc, eval_ece = evaluate_with_ece(model, data, amp=amp, fmt=fmt)
         train_loss = train_acc = None
     return {
         "trial_id": config.get("trial_id"),
@@ -309,6 +324,7 @@ def run_trial(
         "n_train": data.n_train,
         "test_acc": None if searching else eval_acc,
         "test_loss": None if searching else eval_loss,
+        "ece": None if searching else eval_ece,
         **({"val_acc": eval_acc, "val_loss": eval_loss} if searching else {}),
         "train_loss": train_loss,
         "train_acc": train_acc,
@@ -318,7 +334,7 @@ def run_trial(
         "train_samples_per_s": samples_seen / train_time if train_time > 0 else None,
         "device": device_name(dev),
         "compile_s": compile_s,
-        "recorded": {"param_groups": decay_groups(model), "steps_per_epoch": steps_per_epoch,
+        "recorded": {"param_groups": decay_groups(model), "steps_per_epoch": steps_per_epoch, "ece_bins": ECE_BINS,
                      "precision": str(amp).removeprefix("torch.") if amp else "fp32",
                      "memory_format": "channels_last" if fmt == torch.channels_last else "contiguous",
                      **({"new_head": transfer_info["new_head"]} if config.get("source") else {})},
