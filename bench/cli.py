@@ -90,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("--rows", default="model")
     table.add_argument("--cols", default="train_size")
     table.add_argument("--metric", default="test_acc")
-    table.add_argument("--where", help="pandas condition on trial columns or `config.paths`, e.g. \"dataset == 'cifar10'\"")
+    table.add_argument("--where", help="condition on trial columns or config paths: comparisons, and/or/not, "
+                                         "in [...], constants, e.g. \"dataset == 'cifar10' and train.lr in [0.1, 0.01]\"")
     table.add_argument("--format", default="md", choices=("md", "csv", "latex", "html", "json"))
     table.add_argument("--phase", choices=("final", "search"), default="final",
                        help="tuned sweeps: the final comparison (default) or the search trials (--metric val_acc)")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 
 import pandas as pd
 
@@ -75,7 +74,9 @@ def with_config_columns(df: pd.DataFrame, names: list[str], where: str | None = 
     """
     wanted = {n for n in names if n not in df.columns and "." in n}
     if where:
-        wanted |= {quoted or bare for quoted, bare in re.findall(r"`([^`]+)`|\b([A-Za-z_]\w*(?:\.\w+)+)", where)}
+        from bench.where import parse_where
+
+        wanted |= set(parse_where(where).names)
         wanted = {w for w in wanted if w not in df.columns and w.split(".")[0] in CONFIG_ROOTS}
     if not wanted or df.empty or "config" not in df.columns:
         return df
@@ -87,18 +88,13 @@ def with_config_columns(df: pd.DataFrame, names: list[str], where: str | None = 
 
 
 def filter_trials(df: pd.DataFrame, where: str | None) -> pd.DataFrame:
-    """Rows for which the pandas expression `where` is true; anything but a true/false filter is bad input."""
+    """Rows for which the condition `where` holds (bench.where: comparisons, and/or/not, in, columns,
+    config paths, constants; evaluated by bench, never by Python); anything else is bad input."""
     if not where:
         return df
-    expr = re.sub(r"(?<![`\w.])([A-Za-z_]\w*(?:\.\w+)+)", lambda m: f"`{m.group(1)}`" if m.group(1) in df.columns else m.group(1), where)
-    try:
-        mask = df.eval(expr)
-    except Exception as exc:  # pandas raises many types for a bad expression
-        raise BenchInputError(f"--where {where!r}: not a valid filter ({exc})") from None
-    if not isinstance(mask, pd.Series) or mask.dtype != bool or len(mask) != len(df):
-        raise BenchInputError(f"--where {where!r}: expected a true/false condition on each trial, "
-                              "e.g. \"dataset == 'cifar10' and seed < 3\"")
-    return df[mask]
+    from bench.where import parse_where
+
+    return df[parse_where(where).mask(df)]
 
 
 def mixed_fields(trials: pd.DataFrame, rows: str, cols: str) -> list[str]:

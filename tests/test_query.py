@@ -88,3 +88,37 @@ def test_cells_mixing_different_configs_are_flagged():
     assert "WARNING: cells average trials that differ in train.epochs" in comparison_table(mixed)
     same = mixed.assign(config=[config(1, 0), config(1, 1)])
     assert "WARNING" not in comparison_table(same)  # seeds alone are what a cell averages over
+
+
+def test_where_is_a_closed_language_evaluated_by_bench():
+    rows = DATA.assign(**{"train.lr": [0.1, 0.01, 0.1, None, 0.1]})
+    assert set(summarize(rows, where="model in ['vit'] and not seed == 1")["n"]) == {1}
+    assert summarize(rows, where="`train.lr` == None")["model"].tolist() == ["cnn"]
+    assert summarize(rows, where="0 <= seed < 1 or model not in ('cnn',)")["n"].sum() == 4
+    assert summarize(rows, where="train.lr in [0.01]")["n"].sum() == 1
+
+
+HOSTILE = [
+    ("seed.__class__.__init__.__globals__['os'].system('touch {marker}') == 0", "a call"),
+    ("__import__('os').system('touch {marker}') == 0", "a call"),
+    ("model.__class__ == 1", "attribute access"),
+    ("seed + 1 == 2", "arithmetic"),
+    ("[open('{marker}', 'w')][0] == 1", "a subscript"),
+]
+
+
+@pytest.mark.parametrize("where,named", HOSTILE, ids=[h[1] + str(i) for i, h in enumerate(HOSTILE)])
+def test_where_with_attribute_access_or_a_call_exits_2_naming_it(tmp_path, where, named):
+    from bench.spec import parse_sweep
+    from bench.store import ResultStore, trial_row
+    from tests.conftest import run_main
+
+    store = ResultStore(tmp_path, "w")
+    for config in parse_sweep({"name": "w", "model": "resnet18", "grid": {"seed": [0, 1]}}).trials:
+        store.write_trial(trial_row(config, status="ok", result={"test_acc": 0.5, "epochs": 1}))
+    marker = tmp_path / "pwned"
+    assert run_main("results", "table", "w", "--results", str(tmp_path), "--where", "seed == 0").returncode == 0
+    done = run_main("results", "table", "w", "--results", str(tmp_path), "--where", where.format(marker=marker))
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and named in lines[0] and "is not allowed" in lines[0], done.stderr
+    assert not marker.exists()
