@@ -27,7 +27,7 @@ from bench import analysis as analysis_registry
 from bench import data as data_registry
 from bench import models as model_registry
 from bench.errors import BenchInputError
-from bench.recipes import list_recipes, recipe_train
+from bench.recipes import list_recipes, recipe_model_args, recipe_train
 from bench.transfer import mode_problem
 
 AugmentName = Literal["crop", "flip", "randaugment", "mixup", "cutmix"]
@@ -374,7 +374,8 @@ DATA_LOCATION_KEYS = ("root", "download")
 
 
 def _with_recipe(fields: dict[str, Any], where: str) -> dict[str, Any]:
-    """The fields with their recipe's train settings under their `train:` block.
+    """The fields with their recipe's train settings under their `train:` block (and its model
+    arguments under their `model_args:`, e.g. park2022's drop_path_rate).
 
     Precedence: TrainSpec defaults < recipe < the sweep's `train:` < a stage's `train:` (merged
     into it by _stage_fields) < grid and `--set`. Only values reach the trials: a recipe's name
@@ -394,7 +395,11 @@ def _with_recipe(fields: dict[str, Any], where: str) -> dict[str, Any]:
         train = {}
     if not isinstance(train, dict):
         return fields  # not a mapping: the schema says so
-    return {**fields, "train": {**base, **train}}
+    out = {**fields, "train": {**base, **train}}
+    model_args = fields.get("model_args")
+    if model_args is None or isinstance(model_args, dict):  # a recipe's model_args under the sweep's
+        out["model_args"] = {**recipe_model_args(name), **(model_args or {})}
+    return out
 
 
 def _grid_fields(grid: dict[str, list[Any]]) -> set[str]:

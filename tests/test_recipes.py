@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bench.errors import BenchInputError
-from bench.recipes import RECIPES, list_recipes, recipe_train
+from bench.recipes import RECIPE_MODEL_ARGS, RECIPES, list_recipes, recipe_model_args, recipe_train
 from bench.spec import TrainSpec, parse_sweep
 
 from tests.conftest import run_main
@@ -72,9 +72,30 @@ def test_stages_take_the_sweeps_recipe_or_their_own():
     assert (mine["train"]["batch_size"], mine["train"]["epochs"]) == (64, 7)
 
 
+def test_park2022_sets_stochastic_depth_for_every_model_that_takes_it():
+    """The authors' configs set sd 0.1 for CNNs and ViTs alike; a model without the argument
+    (pa_theory) runs without it, and the sweep's own model_args, a grid or --set win."""
+    assert recipe_model_args("park2022") == {"drop_path_rate": 0.1} and recipe_model_args("jelassi2022") == {}
+    raw = {**BASE, "recipe": "park2022", "dataset": {"name": "spatial"},
+           "grid": {"model": ["resnet18", "vit_ti", "alternet50", "pa_theory"]}}
+    by_model = {t["model"]: t["model_args"] for t in parse_sweep(raw).trials}
+    assert [by_model[m].get("drop_path_rate") for m in ("resnet18", "vit_ti", "alternet50")] == [0.1, 0.1, 0.1]
+    assert "drop_path_rate" not in by_model["pa_theory"]
+    assert trial({**BASE, "recipe": "park2022", "model_args": {"drop_path_rate": 0.0, "width": 8}})["model_args"] == \
+        {"drop_path_rate": 0.0, "width": 8}
+    assert trial({**BASE, "recipe": "park2022"}, overrides=["model_args.drop_path_rate=0.2"])["model_args"] == \
+        {"drop_path_rate": 0.2}
+    assert "drop_path_rate" not in trial({**BASE, "recipe": "jelassi2022"})["model_args"]
+    assert "drop_path_rate" not in trial(BASE)["model_args"]
+    staged = parse_sweep({**BASE, "recipe": "park2022", "stages": [{"name": "a", "grid": {"seed": [0]}},
+                                                                    {"name": "b", "recipe": "jelassi2022",
+                                                                     "grid": {"seed": [0]}}]}).trials
+    assert [t["model_args"].get("drop_path_rate") for t in staged] == [0.1, None]
+
+
 def test_trial_id_depends_on_the_values_not_on_the_recipe_name():
     by_name = trial({**BASE, "recipe": "park2022"})
-    written_out = trial({**BASE, "train": RECIPES["park2022"]})
+    written_out = trial({**BASE, "train": RECIPES["park2022"], "model_args": RECIPE_MODEL_ARGS["park2022"]})
     assert by_name["trial_id"] == written_out["trial_id"]
     assert by_name["train"] == written_out["train"]
     assert "recipe" not in by_name  # the name is not part of the trial config
