@@ -41,6 +41,12 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class TrainBudget(_Strict):
+    """Train for a number of optimizer steps instead of `epochs` passes (bench.train.training_plan)."""
+
+    steps: int = Field(ge=1)
+
+
 class TrainSpec(_Strict):
     """How one trial trains. Every field changes the science, so every field is hashed."""
 
@@ -69,6 +75,10 @@ class TrainSpec(_Strict):
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     #: `torch.compile` the model for the training steps; the compile time is recorded apart (`compile_s`).
     compile: bool = False
+    #: null: `epochs` passes over the subset (a smaller subset gets fewer steps). {steps: N}: N
+    #: optimizer steps at every subset size, in as many epochs as that takes (the last cut short);
+    #: warmup keeps its share warmup_epochs / epochs and the schedule runs over the N steps.
+    budget: TrainBudget | None = None
 
 
 class ResourcesSpec(_Strict):
@@ -661,6 +671,7 @@ HASH_REFERENCE_TRAIN: dict[str, Any] = {
     "schedule": "cosine", "warmup_epochs": 0.0, "step_milestones": [0.5, 0.75], "step_gamma": 0.1, "augment": [],
     "crop_padding": 4, "randaugment_n": 2, "randaugment_m": 9, "mixup_alpha": 1.0, "cutmix_alpha": 0.8,
     "label_smoothing": 0.0, "grad_clip": None, "precision": "auto", "compile": False,
+    "budget": None,  # added with issue 26: no budget, equal epochs, as before
 }
 
 

@@ -34,7 +34,7 @@ from bench.models import count_flops, count_params, model_entry, set_attention_i
 from bench.models.layers import DropPath
 from bench.calibration import ECE_BINS
 from bench.train import (build_model, classification_loss, decay_groups, device_name, evaluate_with_ece,
-                         lr_factor, make_loader, optimizer_over, resolve_device)
+                         lr_factor, make_loader, optimizer_over, resolve_device, training_plan)
 
 #: Config fields that are per trial in a stack.
 PER_TRIAL = ("seed", "trial_id")
@@ -110,6 +110,7 @@ def run_stacked(configs: list[dict[str, Any]], *, device: str | None = None) -> 
     generators = [torch.Generator(device=dev).manual_seed(c["seed"]) for c in configs]
     loaders = [make_loader(d, train, g) for d, g in zip(datas, generators)]
     steps_per_epoch = len(loaders[0])
+    plan = training_plan(train, steps_per_epoch)  # epochs, or a steps budget, as run_trial's
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, steps_per_epoch, train))
     smoothing = train["label_smoothing"]
 
@@ -120,13 +121,14 @@ def run_stacked(configs: list[dict[str, Any]], *, device: str | None = None) -> 
     step = vmap(one_model)
     trainable = [p for n, p in params.items() if n not in groups["frozen"]]
     histories: list[list[dict[str, Any]]] = [[] for _ in configs]
-    train_time, diverged = 0.0, [None] * k
-    for epoch in range(train["epochs"]):
+    train_time, diverged, steps_done, samples_seen = 0.0, [None] * k, 0, 0
+    for epoch in range(plan.epochs):
         for m in models:
             m.train()
         epoch_start = time.perf_counter()
         loss_sum = torch.zeros(k, device=dev)
         correct = torch.zeros(k, device=dev, dtype=torch.long)
+        seen = 0
         for batches in zip(*loaders):
             x = torch.stack([b[0] for b in batches])
             y = torch.stack([b[1] for b in batches])
@@ -141,9 +143,13 @@ def run_stacked(configs: list[dict[str, Any]], *, device: str | None = None) -> 
             loss_sum += losses.detach() * y.shape[1]
             hard = y if y.ndim == 2 else y.argmax(dim=2)
             correct += (logits.detach().argmax(dim=2) == hard).sum(dim=1)
+            steps_done, seen = steps_done + 1, seen + y.shape[1]
+            if steps_done >= plan.total_steps:  # a steps budget ends inside this epoch
+                break
         accel.sync(dev)
         train_time += time.perf_counter() - epoch_start
-        losses_now, correct_now = (loss_sum / n_train).tolist(), (correct.double() / n_train).tolist()
+        samples_seen += seen
+        losses_now, correct_now = (loss_sum / seen).tolist(), (correct.double() / seen).tolist()
         for i, (model, data) in enumerate(zip(models, datas)):
             if diverged[i] is not None:
                 continue
@@ -151,7 +157,7 @@ def run_stacked(configs: list[dict[str, Any]], *, device: str | None = None) -> 
                 model.load_state_dict({n: t[i] for n, t in {**params, **buffers}.items()})
             test_loss, test_acc, ece = evaluate_with_ece(model, data, amp=amp)
             histories[i].append({"epoch": epoch + 1, "train_loss": losses_now[i], "train_acc": correct_now[i],
-                                 "test_loss": test_loss, "test_acc": test_acc, "ece": ece,
+                                 "steps": steps_done, "test_loss": test_loss, "test_acc": test_acc, "ece": ece,
                                  "lr": optimizer.param_groups[0]["lr"],
                                  "wall_s": time.perf_counter() - started, "attempt": 1})
             if not math.isfinite(losses_now[i]):
@@ -171,10 +177,11 @@ def run_stacked(configs: list[dict[str, Any]], *, device: str | None = None) -> 
             "train_loss": last.get("train_loss"), "train_acc": last.get("train_acc"),
             "params": count_params(model), "flops": count_flops(model, data.input_shape),
             "wall_s": time.perf_counter() - started,
-            # the stack's throughput over its K models: each model saw n_train images per epoch
-            "train_samples_per_s": k * n_train * len(histories[i]) / train_time if train_time > 0 else None,
+            # the stack's throughput over its K models: each model saw samples_seen images
+            "train_samples_per_s": k * samples_seen / train_time if train_time > 0 else None,
             "device": device_name(dev), "compile_s": None,
             "recorded": {"param_groups": groups, "steps_per_epoch": steps_per_epoch, "ece_bins": ECE_BINS,
+                         "total_steps": plan.total_steps, "warmup_steps": plan.warmup_steps,
                          "precision": str(amp).removeprefix("torch.") if amp else "fp32", "memory_format": "contiguous",
                          "stacked": k},
             "history": histories[i], "analysis": [],

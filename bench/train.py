@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
@@ -94,10 +95,44 @@ def batch_size_for(train: dict[str, Any], n_train: int) -> int:
     return n_train if train["batch_size"] == "full" else int(train["batch_size"])
 
 
+@dataclass(frozen=True)
+class TrainingPlan:
+    """How long a trial trains, in optimizer steps, and the epochs that takes.
+
+    Equal epochs (the default): `train.epochs` passes over the subset, so a smaller subset
+    gets fewer steps. A steps budget (`train.budget: {steps: N}`): N optimizer steps whatever
+    the subset's size, in ceil(N / steps_per_epoch) epochs, the last one cut short; warmup
+    keeps its share of training (warmup_epochs / epochs of the train block), and the cosine
+    (or step) schedule runs over the N steps. A data-regime sweep then compares fractions at
+    equal optimisation, not only at equal passes over the data.
+    """
+
+    epochs: int  # epochs to run (the last may be partial under a budget)
+    total_steps: int
+    warmup_steps: int
+    steps_per_epoch: int
+
+    @property
+    def warmup_epochs(self) -> float:
+        """The warmup in epochs of this subset (when `warmup_end` analyses run)."""
+        return self.warmup_steps / max(1, self.steps_per_epoch)
+
+
+def training_plan(train: dict[str, Any], steps_per_epoch: int) -> TrainingPlan:
+    """The plan of a train block on a subset with `steps_per_epoch` batches."""
+    budget = train.get("budget")
+    if not budget:
+        return TrainingPlan(train["epochs"], train["epochs"] * steps_per_epoch,
+                            int(train["warmup_epochs"] * steps_per_epoch), steps_per_epoch)
+    total = int(budget["steps"])
+    share = min(1.0, train["warmup_epochs"] / train["epochs"]) if train["epochs"] > 0 else 0.0
+    return TrainingPlan(-(-total // max(1, steps_per_epoch)), total, int(round(share * total)), steps_per_epoch)
+
+
 def lr_factor(step: int, steps_per_epoch: int, train: dict[str, Any]) -> float:
-    """Linear warmup, then cosine to zero, constant, or steps at fractions of training."""
-    total = max(1, train["epochs"] * steps_per_epoch)
-    warmup = int(train["warmup_epochs"] * steps_per_epoch)
+    """Linear warmup, then cosine to zero, constant, or steps at fractions of training (`training_plan`)."""
+    plan = training_plan(train, steps_per_epoch)
+    total, warmup = max(1, plan.total_steps), plan.warmup_steps
     if step < warmup:
         return (step + 1) / warmup
     if train["schedule"] == "constant":
@@ -173,10 +208,14 @@ def make_loader(data: TrialData, train: dict[str, Any], generator: torch.Generat
 
 
 def run_due_analyses(config: dict[str, Any], model: nn.Module, data: TrialData, dev: torch.device,
-                     epoch: int) -> list[dict[str, Any]]:
-    """The trial's analyses that are due after `epoch` (0: at initialisation), as analysis-table rows."""
+                     epoch: int, plan: TrainingPlan | None = None) -> list[dict[str, Any]]:
+    """The trial's analyses that are due after `epoch` (0: at initialisation), as analysis-table rows.
+
+    `plan`: the trial's epochs and warmup as it trains them (under a steps budget they differ
+    from the train block's), for `end` and `warmup_end`."""
     train = config["train"]
-    specs = [a for a in config.get("analysis") or [] if due(a, epoch, train["epochs"], train["warmup_epochs"])]
+    epochs, warmup = (plan.epochs, plan.warmup_epochs) if plan else (train["epochs"], train["warmup_epochs"])
+    specs = [a for a in config.get("analysis") or [] if due(a, epoch, epochs, warmup)]
     if not specs:
         return []
     generator = torch.Generator(device=dev).manual_seed(config["seed"] + 7919 * (epoch + 1))
@@ -233,6 +272,7 @@ def run_trial(
     loader = make_loader(data, train, generator)
     optimizer = make_optimizer(model, train)
     steps_per_epoch = len(loader)
+    plan = training_plan(train, steps_per_epoch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, steps_per_epoch, train))
 
     history: list[dict[str, Any]] = []
@@ -251,13 +291,14 @@ def run_trial(
         elapsed_before = resume["elapsed"]
         attempt, resumed_from_epoch = resume.get("attempt", 1) + 1, resume["epoch"]
     else:
-        analysis_rows += run_due_analyses(config, model, data, dev, 0)
+        analysis_rows += run_due_analyses(config, model, data, dev, 0, plan)
 
-    for epoch in range(first_epoch, train["epochs"]):
+    for epoch in range(first_epoch, plan.epochs):
         model.train()
         epoch_start = time.perf_counter()
         loss_sum = torch.zeros((), device=dev)
         correct = torch.zeros((), device=dev, dtype=torch.long)
+        steps_done, seen = epoch * steps_per_epoch, 0  # every earlier epoch was whole
         for x, y in loader:
             first_compiled_step = step_model is not model and compile_s is None
             if first_compiled_step:
@@ -273,20 +314,24 @@ def run_trial(
             optimizer.step()
             scheduler.step()
             loss_sum += loss.detach() * len(y)
+            steps_done, seen = steps_done + 1, seen + len(y)
             hard = y if y.ndim == 1 else y.argmax(dim=1)  # mixed targets: the dominant class
             correct += (logits.detach().argmax(dim=1) == hard).sum()
             if first_compiled_step:  # the compile, apart from training throughput
                 accel.sync(dev)
                 compile_s = time.perf_counter() - step_started
                 epoch_start += compile_s
+            if steps_done >= plan.total_steps:  # a steps budget ends inside this epoch
+                break
         accel.sync(dev)
         train_time += time.perf_counter() - epoch_start
-        samples_seen += data.n_train
+        samples_seen += seen
         eval_loss, eval_acc, eval_ece = evaluate_with_ece(model, data, amp=amp, fmt=fmt)
         row = {
             "epoch": epoch + 1,
-            "train_loss": loss_sum.item() / data.n_train,
-            "train_acc": correct.item() / data.n_train,
+            "train_loss": loss_sum.item() / max(1, seen),
+            "train_acc": correct.item() / max(1, seen),
+            "steps": steps_done,  # optimizer steps so far
             loss_key: eval_loss,
             acc_key: eval_acc,
             **({} if searching else {"ece": eval_ece}),  # calibration of the test predictions
@@ -298,7 +343,7 @@ def run_trial(
         if not math.isfinite(row["train_loss"]):  # diverged: stop now, report where
             diverged_at = epoch + 1
             break
-        analysis_rows += run_due_analyses(config, model, data, dev, epoch + 1)
+        analysis_rows += run_due_analyses(config, model, data, dev, epoch + 1, plan)
         if on_epoch is not None:
             done_epoch, done_time, done_samples, elapsed = epoch + 1, train_time, samples_seen, row["wall_s"]
             on_epoch(row, lambda: {
@@ -335,6 +380,7 @@ def run_trial(
         "device": device_name(dev),
         "compile_s": compile_s,
         "recorded": {"param_groups": decay_groups(model), "steps_per_epoch": steps_per_epoch, "ece_bins": ECE_BINS,
+                     "total_steps": plan.total_steps, "warmup_steps": plan.warmup_steps,
                      "precision": str(amp).removeprefix("torch.") if amp else "fp32",
                      "memory_format": "channels_last" if fmt == torch.channels_last else "contiguous",
                      **({"new_head": transfer_info["new_head"]} if config.get("source") else {})},
