@@ -20,17 +20,28 @@ again, left to that newer file). Part files are visible to plain
 `pandas.read_parquet(folder)` (that contract holds); a trial rewritten after a
 compaction then shows twice there until the next compaction, never through bench.
 
-Compaction needs a local store (it relies on POSIX renames and inodes); one
-compaction per folder at a time (a `.compact.lock` file).
+A compaction killed between taking a file away and putting it back leaves it under a hidden
+`.<file>.<id>.compacting` name: readers read such a file in place of the missing one, and the
+next compaction puts it back. Files that cannot be read (zero-length, truncated, corrupt) are
+set aside with one warning each: not read, not merged, not removed; their trial counts as not
+run, and its next run replaces the file.
+
+Compaction needs a local store (it relies on POSIX renames and inodes); one compaction per
+folder at a time (an advisory lock on `.compact.lock`, released by the kernel when its holder
+dies, so a killed compaction never blocks the next).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
+import sys
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -78,17 +89,54 @@ def read_folder(fs: pafs.FileSystem, folder: str, empty: pa.Schema) -> pa.Table:
     for _ in range(READ_RETRIES):
         if fs.get_file_info(folder).type != pafs.FileType.Directory:
             return empty.empty_table()
-        names = sorted(f.base_name for f in fs.get_file_info(pafs.FileSelector(folder))
-                       if f.type == pafs.FileType.File and _visible(f.base_name))
-        if not names:
-            return empty.empty_table()
+        listed = [f.base_name for f in fs.get_file_info(pafs.FileSelector(folder)) if f.type == pafs.FileType.File]
+        names = sorted(n for n in listed if _visible(n))
+        names += sorted(orphaned_grabs(listed))  # a killed compaction's: they read as the trial files they were
         try:
-            tables = [(n, _read_file(fs, f"{folder}/{n}")) for n in names]
+            tables = [(n, t) for n in names if (t := _read_readable(fs, f"{folder}/{n}")) is not None]
         except FileNotFoundError:
             time.sleep(0.01)  # a compaction removed a file it had merged: list again
             continue
-        return select_latest(tables)
+        return select_latest(tables) if tables else empty.empty_table()
     raise RuntimeError(f"{folder}: files kept vanishing while reading (is a compaction looping?)")
+
+
+#: Unreadable files already reported by this process: each is named once, however often it is read.
+_reported: set[str] = set()
+
+
+def is_damaged(exc: BaseException) -> bool:
+    """Whether a read failed because the file is not a whole Parquet file (zero-length, truncated,
+    corrupt), rather than because it vanished or the storage could not be reached."""
+    if isinstance(exc, pa.ArrowInvalid):
+        return True
+    text = str(exc).lower()
+    return (isinstance(exc, OSError) and not isinstance(exc, (FileNotFoundError, PermissionError))
+            and any(word in text for word in ("thrift", "parquet", "corrupt", "magic bytes")))
+
+
+def report_unreadable(path: str, reason: BaseException | str) -> None:
+    """One warning per unreadable file and process: the file is set aside (left where it is, not
+    read), so the trial it held counts as pending and its next run replaces the file."""
+    if path in _reported:
+        return
+    _reported.add(path)
+    detail = str(reason).strip().splitlines()[0][:200] if str(reason).strip() else type(reason).__name__
+    print(f"bench: warning: {path}: unreadable Parquet file set aside ({detail}); its trial counts as not run",
+          file=sys.stderr, flush=True)
+
+
+def _read_readable(fs: pafs.FileSystem, path: str) -> pa.Table | None:
+    """One file's rows, or None (with one warning) if it is damaged; a vanished file raises FileNotFoundError."""
+    try:
+        return _read_file(fs, path)
+    except FileNotFoundError:
+        raise
+    except (pa.ArrowException, OSError) as exc:
+        if not is_damaged(exc):
+            raise
+        report_unreadable(path, exc)
+        return None
 
 
 def _read_file(fs: pafs.FileSystem, path: str) -> pa.Table:
@@ -112,23 +160,86 @@ def compact_folder(folder: str | os.PathLike[str]) -> CompactionResult:
     table = folder.name
     if not folder.is_dir():
         return CompactionResult(table, 0, 0, None, 0)
-    lock = folder / ".compact.lock"
-    try:
-        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
-        raise BenchInputError(f"{folder}: another compaction is running (remove {lock} if it is stale)") from None
-    try:
-        os.write(fd, str(os.getpid()).encode())
-        os.close(fd)
+    with _compaction_lock(folder):
+        _recover_grabbed(folder)  # what a compaction killed mid-way left hidden
         return _compact_locked(folder, table)
+
+
+@contextlib.contextmanager
+def _compaction_lock(folder: Path) -> Iterator[None]:
+    """One compaction per folder: an advisory `flock` on `.compact.lock`, which the kernel drops when
+    its holder dies, so a killed compaction never blocks the next (a lock file left behind is reused).
+    The lock file is opened without following symlinks."""
+    import fcntl
+
+    lock = folder / ".compact.lock"
+    while True:
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise BenchInputError(f"{lock}: cannot open the compaction lock ({exc.strerror}; a symbolic link is "
+                                  "refused)") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise BenchInputError(f"{folder}: another compaction is running (pid {holder}); wait for it") from None
+        try:
+            same = os.stat(lock, follow_symlinks=False).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # its holder removed it after we opened it: lock the file that is there now
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
     finally:
-        lock.unlink(missing_ok=True)
+        lock.unlink(missing_ok=True)  # while still holding it: whoever opened this file re-checks and retries
+        os.close(fd)  # releases the lock
+
+
+def grabbed_name(name: str) -> re.Match[str] | None:
+    """`.<file>.<hex>.compacting`: a per-trial file a compaction took away to check it (see _remove_if_same)."""
+    return _GRABBED.fullmatch(name)
+
+
+_GRABBED = re.compile(r"\.(?P<file>[^/]+\.parquet)\.[0-9a-f]{32}\.compacting")
+
+
+def orphaned_grabs(names: list[str]) -> dict[str, str]:
+    """{grabbed file: the file it was}, for grabbed files whose file is absent: a compaction was
+    killed between taking the file away and putting it back (or removing it). Readers read them in
+    its place (they hold its rows, or newer ones), so nothing written is ever hidden."""
+    present = set(names)
+    found = {}
+    for name in names:
+        match = grabbed_name(name)
+        if match and match["file"] not in present and match["file"] not in found.values():
+            found[name] = match["file"]
+    return found
+
+
+def _recover_grabbed(folder: Path) -> None:
+    """Put back what a killed compaction took away: a grabbed file returns under its name unless a
+    newer file took that name meanwhile (then the grabbed one is stale and goes)."""
+    for entry in os.scandir(folder):
+        match = grabbed_name(entry.name)
+        if not match:
+            continue
+        try:
+            os.link(entry.path, folder / match["file"])
+        except FileExistsError:
+            pass
+        Path(entry.path).unlink(missing_ok=True)
 
 
 def _compact_locked(folder: Path, table: str) -> CompactionResult:
     entries = [e for e in os.scandir(folder) if e.is_file() and _visible(e.name)]
     if len(entries) <= 1 and all(is_part(e.name) for e in entries):
-        return CompactionResult(table, 0, sum(pq.ParquetFile(e.path).metadata.num_rows for e in entries), None, 0)
+        return CompactionResult(table, 0, sum(_rows_of(e.path) for e in entries), None, 0)
     # Read each file through an open descriptor and remember its inode: that is what was merged.
     merged: list[tuple[str, int]] = []
     tables: list[tuple[str, pa.Table]] = []
@@ -139,18 +250,36 @@ def _compact_locked(folder: Path, table: str) -> CompactionResult:
                 tables.append((e.name, pq.ParquetFile(f).read()))
         except FileNotFoundError:
             continue  # nothing else removes files while we hold the lock, but be safe
+        except (pa.ArrowException, OSError) as exc:
+            if not is_damaged(exc):
+                raise
+            report_unreadable(e.path, exc)  # left in place, not merged: a rerun of its trial replaces it
+            continue
         merged.append((e.name, inode))
     if not tables:
         return CompactionResult(table, 0, 0, None, 0)
     data = select_latest(tables)
     name = f"{PART_PREFIX}{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
     temp = folder / f".{name}.{uuid.uuid4().hex}.tmp"
-    pq.write_table(data, temp, row_group_size=64 * 1024)
+    with open(temp, "wb") as handle:
+        pq.write_table(data, handle, row_group_size=64 * 1024)
+        handle.flush()
+        os.fsync(handle.fileno())  # whole on disk before it replaces the files it merges
     os.replace(temp, folder / name)  # from here on the part holds every merged row
     kept = 0
     for file_name, inode in merged:
         kept += not _remove_if_same(folder / file_name, inode)
     return CompactionResult(table, len(merged), data.num_rows, name, kept)
+
+
+def _rows_of(path: str) -> int:
+    try:
+        return pq.ParquetFile(path).metadata.num_rows
+    except (pa.ArrowException, OSError) as exc:
+        if not is_damaged(exc):
+            raise
+        report_unreadable(path, exc)
+        return 0
 
 
 def _remove_if_same(path: Path, inode: int) -> bool:

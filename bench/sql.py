@@ -17,6 +17,7 @@ one, else from the newest compacted part (see bench.compact).
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -33,27 +34,40 @@ VIEW_HELP = (
 )
 
 
-def _has_parquet(folder: Path) -> bool:
+def _sources(folder: Path, skip: frozenset[str]) -> list[str] | None:
+    """What one table folder's view reads: a glob of its Parquet files, or (when some must be left
+    out or added) the files one by one; None when it has none. Left out: unreadable files set aside
+    (`skip`); added: files a killed compaction left hidden (bench.compact.orphaned_grabs)."""
+    from bench.compact import _visible, orphaned_grabs
+
     try:
         with os.scandir(folder) as it:
-            return any(e.name.endswith(".parquet") and not e.name.startswith((".", "_")) for e in it)
+            names = [e.name for e in it if e.is_file(follow_symlinks=False)]
     except (FileNotFoundError, NotADirectoryError):
-        return False
+        return None
+    visible = sorted(n for n in names if _visible(n))
+    orphans = sorted(orphaned_grabs(names))
+    files = [str(folder / n) for n in visible + orphans if str(folder / n) not in skip]
+    if not files:
+        return None
+    if not orphans and len(files) == len(visible):
+        return [str(folder / "*.parquet")]
+    return files
 
 
 def _quote(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def view_sql(root: Path, table: str, sweeps: list[str]) -> str:
+def view_sql(root: Path, table: str, sweeps: list[str], skip: frozenset[str] = frozenset()) -> str:
     """The SELECT behind one view: the folders' files, deduplicated by source precedence."""
     from bench.store import TABLES
 
-    folders = [root / s / table for s in sweeps if _has_parquet(root / s / table)]
-    if not folders:
+    sources = [f for s in sweeps for f in (_sources(root / s / table, skip) or [])]
+    if not sources:
         cols = ", ".join(f"CAST(NULL AS {_duck_type(f.type)}) AS \"{f.name}\"" for f in TABLES[table] if f.name != "sweep")
         return f"SELECT CAST(NULL AS VARCHAR) AS sweep, {cols} WHERE false"
-    globs = "[" + ", ".join(_quote(str(f / "*.parquet")) for f in folders) + "]"
+    globs = "[" + ", ".join(_quote(f) for f in sources) + "]"
     drop = ", sweep" if table == "trials" else ""  # the folder name is the sweep, whatever a row says
     # A source's precedence: per-trial files ('~') over parts, newer parts (names sort by time) over older.
     return f"""
@@ -86,8 +100,9 @@ def _duck_type(t) -> str:
     return "VARCHAR"
 
 
-def connect(results: str | os.PathLike[str] = "results", sweep: str | None = None):
-    """A DuckDB connection with the views `trials`, `epochs`, `analysis` (and `reference`)."""
+def connect(results: str | os.PathLike[str] = "results", sweep: str | None = None, skip: frozenset[str] = frozenset()):
+    """A DuckDB connection with the views `trials`, `epochs`, `analysis` (and `reference`), that can
+    read only the store and the reference folder; `skip`: unreadable files to leave out."""
     import duckdb
 
     from bench.store import list_sweeps
@@ -101,40 +116,105 @@ def connect(results: str | os.PathLike[str] = "results", sweep: str | None = Non
         if sweep not in sweeps:
             raise BenchInputError(f"--sweep {sweep}: no sweep of that name under {results} (bench results ls lists them)")
         sweeps = [sweep]
-    con = duckdb.connect(":memory:")
+    # No extension is installed or loaded on the fly (Parquet and CSV are built in).
+    con = duckdb.connect(":memory:", config={"autoinstall_known_extensions": False, "autoload_known_extensions": False,
+                                             "allow_community_extensions": False})
     for table in VIEWS:
-        con.execute(f"CREATE VIEW {table} AS {view_sql(root, table, sweeps)}")
+        con.execute(f"CREATE VIEW {table} AS {view_sql(root, table, sweeps, skip)}")
     from bench.reference import reference_dir
 
-    ref = reference_dir()
+    ref = reference_dir().resolve()
     if any(ref.glob("*.csv")):
         con.execute(f"CREATE VIEW reference AS SELECT * FROM read_csv({_quote(str(ref / '*.csv'))}, "
                     "union_by_name = true, header = true, all_varchar = false)")
+    # What a query may touch from here on: the store and the reference numbers, nothing else on
+    # this machine or the network; and no statement can change that (the configuration is locked).
+    allowed = ", ".join(_quote(str(folder).rstrip("/") + "/") for folder in (root, ref))
+    con.execute(f"SET allowed_directories = [{allowed}]")
+    con.execute("SET enable_external_access = false")
+    con.execute("SET lock_configuration = true")
     return con
 
 
+#: Statements a query may be: reading only (COPY, ATTACH, INSTALL, LOAD, SET, PRAGMA, CREATE ... are refused).
+READ_ONLY_STATEMENTS = ("SELECT", "EXPLAIN")
+
+
+def check_statement(sql: str) -> None:
+    """One read-only statement, or BenchInputError naming what was refused."""
+    import duckdb
+
+    try:
+        statements = duckdb.extract_statements(sql)
+    except duckdb.Error as exc:
+        raise BenchInputError(f"sql: {_first_line(exc)}") from None
+    if len(statements) != 1:
+        raise BenchInputError(f"sql: expected one statement, got {len(statements)}")
+    kind = statements[0].type.name
+    if kind not in READ_ONLY_STATEMENTS:
+        words = sql.split()
+        keyword = words[0].upper()[:20] if words and words[0].isalpha() else kind  # INSTALL is a LOAD statement
+        raise BenchInputError(f"sql: {keyword} statements are not allowed: bench results sql runs one SELECT "
+                              "over the store's views (trials, epochs, analysis, reference)")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+_NAMED_FILE = re.compile(r"""[Ff]ile ['"]([^'"]+\.parquet)['"]""")
+
+
+def _unreadable_file(exc: BaseException, root: Path, skip: frozenset[str]) -> str | None:
+    """The store file a DuckDB error names as not a Parquet file (zero-length, truncated, corrupt), if any."""
+    text = str(exc)
+    if not any(word in text for word in ("too small to be a Parquet file", "No magic bytes", "corrupt", "Corrupt",
+                                         "thrift", "Thrift", "Invalid Parquet")):
+        return None
+    match = _NAMED_FILE.search(text)
+    if not match:
+        return None
+    path = os.path.realpath(match.group(1))
+    inside = path.startswith(str(root).rstrip("/") + "/")
+    return path if inside and path not in skip else None
+
+
 def query(sql: str, results: str | os.PathLike[str] = "results", sweep: str | None = None, retries: int = 5) -> pd.DataFrame:
-    """Run one SQL statement over the store; the result as a DataFrame.
+    """Run one read-only SQL statement over the store; the result as a DataFrame.
 
     A file that vanishes mid-query (a compaction finished) makes DuckDB fail; the query
-    is then run again on a fresh listing.
+    is then run again on a fresh listing. A file that is not a whole Parquet file is set
+    aside (one warning naming it) and the query runs again without it.
     """
     import duckdb
 
-    for attempt in range(retries):
-        con = connect(results, sweep)
+    from bench.compact import report_unreadable
+
+    check_statement(sql)
+    root = Path(os.fspath(results).removeprefix("file://")).resolve()
+    skip: frozenset[str] = frozenset()
+    attempt = 0
+    while True:
+        con = None
         try:
+            con = connect(results, sweep, skip)  # creating the views reads the files' footers already
             return con.execute(sql).df()
-        except duckdb.IOException as exc:
-            if attempt == retries - 1:
-                raise BenchInputError(f"sql: could not read the store ({exc})") from None
-            time.sleep(0.05)
         except duckdb.Error as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise BenchInputError(f"sql: {first}") from None
+            bad = _unreadable_file(exc, root, skip)
+            if bad is not None:
+                report_unreadable(bad, _first_line(exc))
+                skip |= {bad}
+                continue
+            if not isinstance(exc, duckdb.IOException):
+                raise BenchInputError(f"sql: {_first_line(exc)}") from None
+            attempt += 1
+            if attempt >= retries:
+                raise BenchInputError(f"sql: could not read the store ({_first_line(exc)})") from None
+            time.sleep(0.05)
         finally:
-            con.close()
-    raise AssertionError("unreachable")
+            if con is not None:
+                con.close()
 
 
 def render(df: pd.DataFrame, fmt: str = "md") -> str:

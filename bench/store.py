@@ -2,8 +2,8 @@
 
 Layout under `<results>/<sweep>/`: `trials/` (one row per trial), `epochs/` (one row
 per trial and epoch), `analysis/` (long format). One file per trial in each, named by
-trial id, written to a hidden temporary name and renamed, so readers never see half a
-file; a re-run of a trial (a retry of a failed one, or `--fresh`) replaces its file
+trial id, written to a hidden temporary name, fsynced (local disks) and renamed, so readers
+never see half a file; a re-run of a trial (a retry of a failed one, or `--fresh`) replaces its file
 atomically, so a plain `pandas.read_parquet(".../trials")` shows each trial once.
 
 Paths go through pyarrow's filesystem layer, so `<results>` may later be a bucket URI.
@@ -169,9 +169,24 @@ class ResultStore:
         self.fs.create_dir(folder, recursive=True)
         final = f"{folder}/{trial_id}.parquet"
         temp = f"{folder}/.{trial_id}.{uuid.uuid4().hex}.tmp"
-        pq.write_table(data, temp, filesystem=self.fs)
-        self.fs.move(temp, final)
+        self._put(temp, final, lambda stream: pq.write_table(data, stream))
         return final
+
+    def _put(self, temp: str, final: str, write) -> None:
+        """Write a file under a temporary name, then rename it into place. On a local filesystem the
+        data is fsynced before the rename: a node crash can lose the rename (the trial then runs
+        again), never leave a zero-length or half-written file under the final name. A bucket's
+        PUT is atomic already."""
+        if isinstance(self.fs, pafs.LocalFileSystem):
+            with open(temp, "wb") as handle:
+                write(handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temp, final)
+            return
+        with self.fs.open_output_stream(temp) as stream:
+            write(stream)
+        self.fs.move(temp, final)
 
     # ------------------------------------------------------------------ reading
 
@@ -203,9 +218,7 @@ class ResultStore:
         folder = f"{self.base}/models"
         self.fs.create_dir(folder, recursive=True)
         final, temp = self.model_path(trial_id), f"{folder}/.{trial_id}.{uuid.uuid4().hex}.tmp"
-        with self.fs.open_output_stream(temp) as stream:
-            stream.write(buffer.getvalue())
-        self.fs.move(temp, final)
+        self._put(temp, final, lambda stream: stream.write(buffer.getvalue()))
         return final
 
     def has_model(self, trial_id: str) -> bool:

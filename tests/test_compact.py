@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import textwrap
 import threading
 import time
+
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -156,9 +161,24 @@ def test_cli_compact_and_bad_input(tmp_path, capsys):
     assert main(["results", "compact", "nope", "--results", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "nope: no sweep under" in err
-    (tmp_path / SWEEP / "trials" / ".compact.lock").write_text("123")
-    with pytest.raises(BenchInputError, match="another compaction is running"):
-        compact_folder(tmp_path / SWEEP / "trials")
+    (tmp_path / SWEEP / "trials" / ".compact.lock").write_text("123")  # a dead compaction's lock file: taken over
+    assert compact_folder(tmp_path / SWEEP / "trials").rows == 3
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""\
+        from bench.compact import _compaction_lock
+        from pathlib import Path
+        import time
+        with _compaction_lock(Path({str(tmp_path / SWEEP / "trials")!r})):
+            print("locked", flush=True)
+            time.sleep(600)
+        """)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(BenchInputError, match=f"another compaction is running \\(pid {holder.pid}\\)"):
+            compact_folder(tmp_path / SWEEP / "trials")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert compact_folder(tmp_path / SWEEP / "trials").rows == 3  # its owner died: the lock is free again
 
 
 def test_store_perf_suite_quick_run(monkeypatch, tmp_path):
@@ -175,3 +195,34 @@ def test_store_perf_suite_quick_run(monkeypatch, tmp_path):
     assert names[0] == "write 60 trial files (process pool)" and "compact 60 trial files" in names
     assert any(n.startswith("`bench results sql` command") for n in names)
     assert all(r["median"] > 0 and r["unit"] == "s" for r in suite["rows"]) and suite["settings"]["trials"] == 60
+
+
+def test_a_compaction_killed_between_rename_and_link_hides_no_newer_file(tmp_path):
+    """The kill lands after the merged file was taken away and a writer put a newer one back: the
+    newer write is only under the hidden `.compacting` name. Readers (table and SQL) see it, and the
+    next compaction puts it back."""
+    from bench.sql import query
+
+    store = ResultStore(tmp_path, SWEEP)
+    write(store, range(3), test_acc=0.5)
+    compact_sweep(tmp_path, SWEEP)
+    newer = synthetic_row(SWEEP, 1, test_acc=0.9)
+    path = store.write_trial(newer)  # a retry after the compaction: overrides the part
+    grabbed = Path(path).with_name(f".{Path(path).name}.{'ab' * 16}.compacting")
+    os.rename(path, grabbed)  # ... where the killed compaction left it
+    assert dict(zip(*store.read_trials()[["trial_id", "test_acc"]].to_dict("list").values()))[newer["trial_id"]] == 0.9
+    via_sql = query("SELECT test_acc FROM trials WHERE trial_id = " + repr(newer["trial_id"]), tmp_path)
+    assert via_sql["test_acc"].tolist() == [0.9]
+    compact_sweep(tmp_path, SWEEP)
+    assert not list(Path(path).parent.glob(".*.compacting"))
+    trials = store.read_trials().set_index("trial_id")
+    assert len(trials) == 3 and trials.loc[newer["trial_id"], "test_acc"] == 0.9
+
+
+def test_the_compaction_lock_does_not_follow_a_symlink(tmp_path):
+    write(ResultStore(tmp_path, SWEEP), range(2))
+    target = tmp_path / "elsewhere"
+    (tmp_path / SWEEP / "trials" / ".compact.lock").symlink_to(target)
+    with pytest.raises(BenchInputError, match="symbolic link"):
+        compact_folder(tmp_path / SWEEP / "trials")
+    assert not target.exists()

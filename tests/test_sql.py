@@ -132,3 +132,55 @@ def test_where_filters_on_columns_and_config_paths_and_rejects_non_conditions(st
                        ("model = 'x'", "expected a true/false condition")]:
         with pytest.raises(BenchInputError, match=match):
             comparison_table(trials, where=bad)
+
+
+@pytest.mark.parametrize("sql,refused", [
+    ("COPY (SELECT * FROM trials) TO '{out}'", "COPY statements are not allowed"),
+    ("COPY (SELECT 1) TO '{store}/alpha/x.csv'", "COPY statements are not allowed"),  # not even into the store
+    ("SELECT * FROM read_csv('/etc/passwd')", "Permission Error"),
+    ("SELECT * FROM read_text('{store}/../outside.txt')", "Permission Error"),
+    ("SELECT * FROM glob('/*')", "Permission Error"),
+    ("INSTALL httpfs", "INSTALL statements are not allowed"),
+    ("LOAD httpfs", "LOAD statements are not allowed"),
+    ("SET enable_external_access = true", "SET statements are not allowed"),
+    ("ATTACH '{out}' AS x", "ATTACH statements are not allowed"),
+    ("SELECT 1; SELECT 2", "expected one statement"),
+], ids=["copy-out", "copy-in-store", "read-passwd", "read-outside", "glob", "install", "load", "set", "attach", "two"])
+def test_sql_reads_only_the_store_and_changes_nothing(store, tmp_path, capsys, sql, refused):
+    (store.parent / "outside.txt").write_text("secret\n")
+    out = tmp_path / "out.csv"
+    assert main(["results", "sql", sql.format(out=out, store=store), "--results", str(store)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("bench: error: sql:") and err.count("\n") == 1 and refused in err, err
+    assert "secret" not in err and not out.exists() and not (store / "alpha" / "x.csv").exists()
+    # The same connection's normal queries (views over the store, the reference CSVs) still work.
+    assert query("SELECT count(*) AS n FROM trials t JOIN reference r ON true WHERE false", store)["n"][0] == 0
+    assert query("SELECT count(*) AS n FROM read_parquet(" + repr(str(store / "alpha" / "trials" / "*.parquet"))
+                 + ")", store)["n"][0] == 9  # files of the store itself may be named
+
+
+def test_a_zero_length_and_a_truncated_file_are_set_aside_once_each(tmp_path, capsys):
+    from bench.query import load
+
+    s = ResultStore(tmp_path, "d")
+    ids = []
+    for i in range(4):
+        row = synthetic_row("d", i, test_acc=0.5)
+        s.write_trial(row)
+        s.write_epochs(row["trial_id"], [{"epoch": 1, "test_acc": 0.5}])
+        ids.append(row["trial_id"])
+    folder = tmp_path / "d" / "trials"
+    (folder / f"{ids[0]}.parquet").write_bytes(b"")  # what a crash between write and rename can leave
+    whole = (folder / f"{ids[1]}.parquet").read_bytes()
+    (folder / f"{ids[1]}.parquet").write_bytes(whole[: len(whole) // 2])
+    assert sorted(query("SELECT trial_id FROM trials", tmp_path)["trial_id"]) == sorted(ids[2:])
+    assert sorted(load("d", str(tmp_path))["trials"]["trial_id"]) == sorted(ids[2:])
+    assert s.finished_trial_ids() == set(ids[2:])  # the two count as not run
+    assert query("SELECT count(*) AS n FROM epochs", tmp_path)["n"][0] == 4
+    assert main(["results", "table", "d", "--results", str(tmp_path)]) == 0
+    err = capsys.readouterr().err
+    for tid in ids[:2]:
+        assert err.count(f"{tid}.parquet: unreadable Parquet file set aside") == 1, err  # named once per process
+    assert "Traceback" not in err
+    compact_sweep(tmp_path, "d")  # compaction leaves them where they are, merges the rest
+    assert (folder / f"{ids[0]}.parquet").exists() and sorted(load("d", str(tmp_path))["trials"]["trial_id"]) == sorted(ids[2:])

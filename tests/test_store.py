@@ -89,3 +89,21 @@ def test_list_sweeps(tmp_path):
     ResultStore(tmp_path, "a").write_trial(ok_row(CONFIG[1]))
     (tmp_path / "not-a-sweep").mkdir()
     assert list_sweeps(tmp_path) == ["a", "b"]
+
+
+def test_files_are_fsynced_before_they_are_renamed_into_place(tmp_path, monkeypatch):
+    import os
+
+    import bench.store as store_module
+
+    calls: list[str] = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(store_module.os, "fsync", lambda fd: (calls.append("fsync"), real_fsync(fd))[1])
+    monkeypatch.setattr(store_module.os, "replace", lambda a, b: (calls.append(f"rename {os.path.basename(b)}"),
+                                                                  real_replace(a, b))[1])
+    store = ResultStore(tmp_path, "s")
+    store.write_trial(ok_row(CONFIG[0]))
+    store.write_model(CONFIG[0]["trial_id"], {"w": __import__("torch").zeros(2)})
+    tid = CONFIG[0]["trial_id"]
+    assert calls == ["fsync", f"rename {tid}.parquet", "fsync", f"rename {tid}.pt"]
+    assert len(store.read_trials()) == 1 and store.read_model(tid)["w"].shape == (2,)
