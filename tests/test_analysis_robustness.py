@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -76,15 +77,16 @@ def test_lesion_of_an_identity_block_costs_nothing():
     assert_same_state(model, before)
 
 
-@pytest.mark.parametrize("dims", [1, 2])
-def test_landscape_at_the_origin_is_the_trained_loss(dims):
+@pytest.mark.parametrize("dims,l2", [(1, "authors"), (2, "decayed")])
+def test_landscape_at_the_origin_is_the_trained_loss(dims, l2):
+    from bench.analysis.landscape import authors_l2
     from bench.analysis.probes import l2_term
 
     model, data = tiny_model("resnet18", size=8), tiny_data(size=8)
     ctx = context(model, data)
     before = model_state(model)
-    rows = run("landscape", {"dims": dims, "points": 5, "span": 0.5, "n_batches": 2, "batch_size": 16}, model, data,
-               "resnet18")
+    rows = run("landscape", {"dims": dims, "points": 5, "span": 0.5, "n_batches": 2, "batch_size": 16, "l2": l2},
+               model, data, "resnet18")
     assert values(rows, "alpha") == [-0.5, -0.25, 0.0, 0.25, 0.5]
     grid = values(rows, f"loss_{dims}d")
     assert len(grid) == 5**dims
@@ -93,7 +95,8 @@ def test_landscape_at_the_origin_is_the_trained_loss(dims):
     batches = [b for _, b in zip(range(2), ctx.train_batches(16))]
     with torch.no_grad():
         losses = [float(ctx.loss_fn(model(x), y)) * len(x) for x, y in batches]
-        trained = sum(losses) / sum(len(x) for x, _ in batches) + float(l2_term(model, 0.05))
+        penalty = authors_l2(model, 0.05) if l2 == "authors" else l2_term(model, 0.05)
+        trained = sum(losses) / sum(len(x) for x, _ in batches) + float(penalty)
     model.train()
     centre = grid[len(grid) // 2]
     assert centre == pytest.approx(trained, rel=1e-6) and values(rows, "loss_origin") == [centre]
@@ -129,3 +132,48 @@ def test_attention_distance_known_maps_and_analysis_rows():
     assert len(dist) == 2 * 2 and all(0 < r["value"] < 16 * math.sqrt(2) for r in dist)  # 2 layers x 2 heads
     assert not resolve_analyses(["attention_distance"], "resnet18", "cifar10")  # no attention: left out
     assert_same_state(model, before)
+
+
+def test_authors_normalisation_matches_weight_norms_over_the_first_dimension():
+    """Park & Kim's normalize_filter: norm(d, dim=0) = norm(w, dim=0) (up to their 1e-7)."""
+    weight, bias = torch.randn(6, 3, 3, 3), torch.randn(6)
+    d_weight, d_bias = filter_normalized_direction([weight, bias], torch.Generator().manual_seed(0), "authors")
+    assert torch.allclose(d_weight.norm(dim=0), weight.norm(dim=0), rtol=1e-5)
+    assert torch.equal(d_bias, torch.zeros(6))
+
+
+def test_landscape_leaves_out_position_embeddings_and_bias_tables_and_uses_the_authors_l2():
+    """The authors' kws (pos_embed, relative-position tables): those parameters stay at their trained
+    values at every grid point, others move; their L2 is weight_decay x the sum of parameter norms."""
+    from bench.analysis.landscape import AUTHORS_EXCLUDE, LandscapeOptions, authors_l2, loss_surface
+    from bench.models import create_model
+
+    model = tiny_model("vit_ti")
+    x = torch.randn(4, 3, 16, 16)
+    batches = [(x, torch.tensor([0, 1, 2, 3]))]
+    pos, head = model.stem.pos_embed.detach().clone(), dict(model.named_parameters())
+    weight_name = next(n for n, p in model.named_parameters() if p.ndim == 2 and "pos" not in n)
+    weight = head[weight_name].detach().clone()
+    seen = {"pos_moved": False, "weight_moved": False}
+
+    def watching_loss(logits, y):
+        seen["pos_moved"] |= not torch.equal(model.stem.pos_embed, pos)
+        seen["weight_moved"] |= not torch.equal(dict(model.named_parameters())[weight_name], weight)
+        return torch.nn.functional.cross_entropy(logits, y)
+
+    loss_surface(model, batches, watching_loss, 0.0, dims=1, points=3, span=1.0, exclude=AUTHORS_EXCLUDE,
+                 normalization="authors")
+    assert seen == {"pos_moved": False, "weight_moved": True}
+    loss_surface(model, batches, watching_loss, 0.0, dims=1, points=3, span=1.0, exclude=(), normalization="authors")
+    assert seen["pos_moved"]  # without the exclusion it is perturbed like any weight
+    assert torch.equal(model.stem.pos_embed, pos)  # restored
+    alternet = create_model("alternet50", num_classes=4, img_size=16, width=8)
+    tables = [n for n, _ in alternet.named_parameters() if any(re.search(p, n) for p in AUTHORS_EXCLUDE)]
+    assert tables and all("rel_bias" in n for n in tables)
+    expected = 0.05 * sum(float(torch.norm(p.detach())) for p in model.parameters())  # their ops/norm.l2 x weight decay
+    assert float(authors_l2(model, 0.05)) == pytest.approx(expected, rel=1e-6)
+    options = LandscapeOptions()
+    assert (options.l2, options.normalization, tuple(options.exclude)) == ("authors", "authors", AUTHORS_EXCLUDE)
+    assert LandscapeOptions(l2=True).l2 == "decayed" and LandscapeOptions(l2=False).l2 == "none"
+    with pytest.raises(Exception, match="regular expression"):
+        LandscapeOptions(exclude=["("])
