@@ -47,7 +47,12 @@ class ResultsLocation:
         return path, (None if self.is_local else self.filesystem)
 
     def remove_tree(self, path: str) -> None:
-        """Delete a folder this location holds (a launch's checkpoints); missing is fine."""
+        """Delete a folder this location holds (a launch's checkpoints); missing is fine. Not if this
+        process held the sweep's bucket lease and lost it: the folder is another launch's now."""
+        from bench.lock import still_held
+
+        if not still_held(path):
+            return
         with contextlib.suppress(OSError, pa.ArrowException):
             self.filesystem.delete_dir(path)
 
