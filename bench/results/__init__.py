@@ -1,0 +1,1 @@
+"""The results side: statistics over seeds, paired comparisons and learning curves, as pure functions."""
