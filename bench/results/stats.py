@@ -95,7 +95,8 @@ def check_level(ci: float) -> float:
     try:
         value = float(ci)
     except (TypeError, ValueError):
-        raise BenchInputError(f"confidence level {ci!r} is not a number; give a percentage in (0, 100), e.g. --ci 95") from None
+        raise BenchInputError(f"confidence level {ci!r} is not a number; "
+                              "give a percentage in (0, 100), e.g. --ci 95") from None
     if not 0.0 < value < 100.0:
         raise BenchInputError(f"confidence level {ci!r} is outside (0, 100); give a percentage, e.g. --ci 95")
     return value / 100.0
@@ -141,7 +142,8 @@ def bootstrap_level(n: int, level: float, expand: bool = True) -> float:
 
 def ci_label(ci: float = 95.0, method: str = "percentile", expand: bool = True,
              n_resamples: int = DEFAULT_RESAMPLES, stat: str = "mean") -> str:
-    """E.g. '95% CI of the mean: bootstrap over seeds, percentile, expanded for small n (Hesterberg 2015), 9,999 resamples'."""
+    """The method as one line, e.g. '95% CI of the mean: bootstrap over seeds, percentile,
+    expanded for small n (Hesterberg 2015), 9,999 resamples'."""
     name = {"percentile": "percentile", "bca": "BCa"}.get(method, method)
     expansion = ", expanded for small n (Hesterberg 2015)" if expand else ""
     return f"{ci:g}% CI of the {stat}: bootstrap over seeds, {name}{expansion}, {n_resamples:,} resamples"
@@ -214,7 +216,8 @@ def summarize_cells(frame: pd.DataFrame, by: list[str], value: str, **options: A
     NaN (`note` says why). attrs['ci_label'] names the method."""
     missing = [c for c in [*by, value] if c not in frame.columns]
     if missing:
-        raise BenchInputError(f"column(s) {', '.join(missing)} not in the trials (known: {', '.join(map(str, frame.columns))})")
+        raise BenchInputError(f"column(s) {', '.join(missing)} not in the trials "
+                              f"(known: {', '.join(map(str, frame.columns))})")
     numeric = frame[value]
     if not (pd.api.types.is_numeric_dtype(numeric) or numeric.isna().all()):
         as_values(numeric, f"metric {value!r}")
