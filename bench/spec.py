@@ -36,6 +36,18 @@ SINGLE_STAGE = "main"
 # Fields of a trial that a grid key may start with.
 TRIAL_ROOTS = ("dataset", "model", "model_args", "train", "train_size", "seed", "transfer", "analysis")
 
+# Caps on what a sweep file can make bench do: past them it is bad input (exit 2) before any
+# work, instead of minutes of expansion or gigabytes of memory (a 300-byte YAML alias bomb
+# expands to millions of values; a few grid axes multiply to 10^9 trials).
+MAX_SWEEP_FILE_BYTES = 1_000_000
+MAX_YAML_VALUES = 100_000  # values in the file once aliases are expanded
+MAX_YAML_DEPTH = 64  # levels of nesting
+MAX_MESSAGE_CHARS = 400  # an error line stays readable whatever the input held
+DEFAULT_MAX_TRIALS = 100_000  # trials per sweep (resources.max_trials raises it)
+MAX_DATA_SAMPLES = 10_000_000  # num_train + num_test of generated data
+MAX_IMAGE_SIDE = 4096  # pixels: img_size, or grid * patch_size of patch data in image form
+MAX_DATA_VALUES = 4_000_000_000  # samples x values per sample (16 GB as float32)
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -96,6 +108,9 @@ class ResourcesSpec(_Strict):
     #: (bench.stacking): K trial rows as usual, from one Ray slot. For small models on a GPU.
     #: Not stacked: batch-norm models, drop-path, analyses, transfer stages.
     stack_seeds: int = Field(1, ge=1)
+    #: The most trials the sweep may expand to: a grid whose product is larger is refused before it
+    #: is expanded (a typo of one axis can multiply a sweep by 1,000). Not hashed, like all resources.
+    max_trials: int = Field(DEFAULT_MAX_TRIALS, ge=1)
 
 
 class SweepFile(_Strict):
@@ -176,16 +191,72 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None, smoke: bool
     path = Path(path)
     if not path.is_file():
         raise BenchInputError(f"{path}: no such sweep file")
+    if path.stat().st_size > MAX_SWEEP_FILE_BYTES:
+        raise BenchInputError(f"{path}: {path.stat().st_size:,} bytes; a sweep file has at most {MAX_SWEEP_FILE_BYTES:,}")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = load_yaml(path.read_text(), str(path))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise BenchInputError(f"{path}:{where}: not valid YAML: {problem}") from None
+        raise BenchInputError(cut(f"{path}:{where}: not valid YAML: {problem}")) from None
     except UnicodeDecodeError:
         raise BenchInputError(f"{path}: not a text file") from None
     return parse_sweep(raw, source=str(path), overrides=overrides, smoke=smoke)
+
+
+def cut(message: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """A message of at most `limit` characters (what was cut is counted, not shown)."""
+    return message if len(message) <= limit else f"{message[:limit]}... ({len(message) - limit:,} more characters)"
+
+
+def load_yaml(text: str, where: str) -> Any:
+    """`yaml.safe_load`, with caps: at most MAX_YAML_VALUES values once aliases are expanded (the
+    loaded object shares aliased values, but validation, messages and trial configs copy them
+    out) and MAX_YAML_DEPTH levels of nesting; a recursive alias is refused. libyaml's parser when
+    present: the pure-Python one takes seconds on a few thousand nested brackets."""
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_yaml_size(node, where)
+        return loader.construct_document(node)
+    except RecursionError:
+        raise BenchInputError(f"{where}: nested too deeply (at most {MAX_YAML_DEPTH} levels)") from None
+    finally:
+        loader.dispose()
+
+
+def _check_yaml_size(root: yaml.Node, where: str) -> None:
+    """Count the values a node graph expands to (aliases share nodes), without expanding it."""
+    def children(node: yaml.Node) -> list[yaml.Node]:
+        if isinstance(node, yaml.MappingNode):
+            return [n for pair in node.value for n in pair]
+        return list(node.value) if isinstance(node, yaml.SequenceNode) else []
+
+    done: dict[int, tuple[int, int]] = {}  # node -> (values, depth) once expanded
+    open_nodes: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, finished = stack.pop()
+        key = id(node)
+        if finished:
+            kids = [done[id(c)] for c in children(node)]
+            count, depth = 1 + sum(k[0] for k in kids), 1 + max((k[1] for k in kids), default=0)
+            if count > MAX_YAML_VALUES:
+                raise BenchInputError(f"{where}: expands to more than {MAX_YAML_VALUES:,} values (aliases "
+                                      "included); a sweep file that large is refused")
+            if depth > MAX_YAML_DEPTH:
+                raise BenchInputError(f"{where}: nested too deeply (at most {MAX_YAML_DEPTH} levels)")
+            done[key] = (count, depth)
+            open_nodes.discard(key)
+        elif key not in done:
+            if key in open_nodes:
+                raise BenchInputError(f"{where}: a recursive alias (a value that contains itself)")
+            open_nodes.add(key)
+            stack.append((node, True))
+            stack.extend((c, False) for c in children(node))
 
 
 def parse_sweep(raw: Any, source: str = "<sweep>", overrides: list[str] | None = None, smoke: bool = False) -> Sweep:
@@ -197,6 +268,15 @@ def parse_sweep(raw: Any, source: str = "<sweep>", overrides: list[str] | None =
     `smoke` the section is not applied, but the smoke variant is still parsed and
     expanded, so a broken section is an error on every read of the file.
     """
+    try:
+        return _parse_sweep(raw, source, overrides, smoke)
+    except BenchInputError as exc:
+        raise BenchInputError(cut(str(exc))) from None
+    except RecursionError:  # a structure too deep for validation (parse_sweep given a dict directly)
+        raise BenchInputError(f"{source}: nested too deeply") from None
+
+
+def _parse_sweep(raw: Any, source: str, overrides: list[str] | None, smoke: bool) -> Sweep:
     if not isinstance(raw, dict):
         raise BenchInputError(f"{source}: a sweep file must be a mapping with at least 'name'")
     raw = copy.deepcopy(raw)
@@ -328,7 +408,8 @@ def _parse_stages(raw: dict[str, Any], top: SweepFile, source: str) -> Sweep:
             stage_top = SweepFile.model_validate({"name": top.name, **_with_recipe(stage_raw, where)})
         except ValidationError as exc:
             raise BenchInputError(f"{where}.{_describe(exc)}") from None
-        expanded = _expand(stage_top, where, stage=spec.name, has_source=spec.source is not None)
+        expanded = _expand(stage_top, where, stage=spec.name, has_source=spec.source is not None,
+                           max_trials=top.resources.max_trials)
         if spec.source is not None:
             expanded = _link_sources(expanded, by_stage[spec.source], grids[spec.source], stage_top.grid,
                                      f"{where}: source {spec.source}")
@@ -457,7 +538,7 @@ def _apply_override(raw: dict[str, Any], override: str, source: str) -> None:
     if not sep or not key:
         raise BenchInputError(f"--set {override!r}: expected KEY=VALUE, e.g. --set train.epochs=3")
     try:
-        value = yaml.safe_load(text)
+        value = load_yaml(text, f"--set {key}")
     except yaml.YAMLError:
         raise BenchInputError(f"--set {override!r}: the value is not valid YAML") from None
     _set_override(raw, key, value)
@@ -479,7 +560,7 @@ def _set_override(raw: dict[str, Any], key: str, value: Any) -> None:
 
 
 def _expand(top: SweepFile, source: str, stage: str = SINGLE_STAGE, has_source: bool = False,
-            axes_out: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+            axes_out: list[dict[str, Any]] | None = None, max_trials: int | None = None) -> list[dict[str, Any]]:
     """The grid's resolved trials, in grid order; `axes_out` gets each kept trial's grid values."""
     defaults: dict[str, Any] = {
         "dataset": top.dataset,
@@ -504,6 +585,11 @@ def _expand(top: SweepFile, source: str, stage: str = SINGLE_STAGE, has_source: 
                         raise BenchInputError(f"{source}: grid.{key}: cannot set '{field_key}' "
                                               f"(sweepable: {', '.join(TRIAL_ROOTS)})")
     keys = list(top.grid)
+    planned, cap = math.prod(len(top.grid[k]) for k in keys), max_trials or top.resources.max_trials
+    if planned > cap:  # before anything is expanded
+        raise BenchInputError(
+            f"{source}: grid: {planned:,} trials ({' x '.join(str(len(top.grid[k])) for k in keys)}) is more than "
+            f"resources.max_trials ({cap:,}); narrow the grid, or raise resources.max_trials")
     trials = []
     seen: dict[str, int] = {}
     for values in itertools.product(*(top.grid[k] for k in keys)):
@@ -515,6 +601,7 @@ def _expand(top: SweepFile, source: str, stage: str = SINGLE_STAGE, has_source: 
                 for field_key, field_value in value.items():
                     _set_dotted(trial, field_key, copy.deepcopy(field_value))
         resolved = _resolve_trial(trial, top.name, source, grid_keys=keys, stage=stage, has_source=has_source)
+        _check_data_size(resolved["dataset"], source)
         if resolved["trial_id"] in seen:
             continue  # two grid points that resolve to the same trial run once
         seen[resolved["trial_id"]] = len(trials)
@@ -522,6 +609,28 @@ def _expand(top: SweepFile, source: str, stage: str = SINGLE_STAGE, has_source: 
         if axes_out is not None:
             axes_out.append(dict(zip(keys, values)))
     return trials
+
+
+def _check_data_size(dataset: dict[str, Any], source: str) -> None:
+    """Generated data and resized images within MAX_DATA_SAMPLES, MAX_IMAGE_SIDE and MAX_DATA_VALUES:
+    a typo (`num_train: 4096000000`) is bad input, not a worker that allocates until it dies."""
+    def number(key: str) -> int:
+        value = dataset.get(key)
+        return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0
+
+    samples = number("num_train") + number("num_test")
+    side = number("img_size") or number("grid") * number("patch_size")
+    channels = number("channels") or 3
+    per_sample = max(number("num_patches") * number("patch_dim"), side * side * channels)
+    name = dataset.get("name")
+    if samples > MAX_DATA_SAMPLES:
+        raise BenchInputError(f"{source}: dataset {name}: num_train + num_test = {samples:,}; at most "
+                              f"{MAX_DATA_SAMPLES:,} generated samples")
+    if side > MAX_IMAGE_SIDE:
+        raise BenchInputError(f"{source}: dataset {name}: images of {side:,} pixels a side; at most {MAX_IMAGE_SIDE:,}")
+    if samples * per_sample > MAX_DATA_VALUES:
+        raise BenchInputError(f"{source}: dataset {name}: {samples:,} samples of {per_sample:,} values "
+                              f"({samples * per_sample:,}) is more than {MAX_DATA_VALUES:,} values in memory")
 
 
 def _is_linked_axis(values: list[Any]) -> bool:
@@ -737,7 +846,16 @@ def _describe(exc: ValidationError, prefix: str = "") -> str:
         return f"{loc}: unknown key{tip}"
     if err["type"] == "missing":
         return f"{loc}: required field is missing"
-    return f"{loc}: {err['msg']} (got {err.get('input')!r})" if loc else err["msg"]
+    return f"{loc}: {err['msg']} (got {_short_repr(err.get('input'))})" if loc else err["msg"]
+
+
+def _short_repr(value: Any) -> str:
+    """repr() bounded in work and length: the input may be an alias-shared structure of millions of values."""
+    import reprlib
+
+    short = reprlib.Repr()
+    short.maxlevel, short.maxstring, short.maxother = 3, 80, 80
+    return short.repr(value)
 
 
 def _model_at(title: str, loc: tuple) -> type[BaseModel] | None:

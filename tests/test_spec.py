@@ -199,3 +199,79 @@ def test_a_named_axis_sets_several_fields_together():
     assert "cannot set 'resources.cpus_per_trial'" in error_of(
         {**BASE, "grid": {"setting": [{"resources.cpus_per_trial": 1}]}})
     assert "cannot sweep 'geometry'" in error_of({**BASE, "grid": {"geometry": [10, 36]}})
+
+
+# ------------------------------------------------------------------------ caps on what a file can ask for
+
+ALIAS_BOMB = """\
+name: bomb
+model: resnet18
+description: x
+model_args: {a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol],
+  b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a], c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b],
+  d: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c], e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d],
+  f: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e]}
+train: {epochs: [*f, *f, *f, *f, *f, *f, *f, *f, *f]}
+"""
+
+BILLION_GRID = "name: big\nmodel: resnet18\ngrid:\n" + "".join(
+    f"  {key}: [{', '.join(str(v) for v in values)}]\n" for key, values in [
+        ("seed", range(10)), ("train_size", range(1, 11)), ("train.epochs", range(1, 11)),
+        ("train.batch_size", range(1, 11)), ("train.lr", [i / 10 for i in range(1, 11)]),
+        ("train.weight_decay", [i / 10 for i in range(1, 11)]), ("train.momentum", [i / 20 for i in range(1, 11)]),
+        ("train.warmup_epochs", range(1, 11)), ("train.label_smoothing", [i / 20 for i in range(1, 11)])])
+
+
+@pytest.mark.parametrize("text,fragment", [
+    (ALIAS_BOMB, "expands to more than 100,000 values"),
+    (BILLION_GRID, "grid: 1,000,000,000 trials (10 x 10 x 10 x 10 x 10 x 10 x 10 x 10 x 10) is more than "
+                   "resources.max_trials (100,000)"),
+    ("name: deep\nmodel: resnet18\nmodel_args: " + "[" * 5000 + "]" * 5000 + "\n", "nesting depth"),
+    ("name: deep\nmodel: resnet18\nmodel_args: {x: " + "[" * 100 + "]" * 100 + "}\n", "nested too deeply"),
+    ("a: &a [*a]\n", "a recursive alias"),
+], ids=["alias-bomb", "billion-grid", "5000-levels", "100-levels", "recursive-alias"])
+def test_hostile_files_exit_2_quickly_with_one_short_line(tmp_path, text, fragment):
+    import time
+
+    from tests.conftest import run_main
+
+    assert run_main("validate", str(REPO / "sweeps" / "quickstart.yaml")).returncode == 0  # imports done
+    path = tmp_path / "hostile.yaml"
+    path.write_text(text)
+    started = time.perf_counter()
+    done = run_main("validate", str(path))
+    took = time.perf_counter() - started
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and fragment in lines[0], done.stderr[:1000]
+    assert len(lines[0]) < 600 and took < 2.0, (len(lines[0]), took)
+    print(f"{len(text)} bytes: exit 2 in {took * 1000:.0f} ms")
+
+
+def test_messages_stay_short_whatever_the_input_held():
+    bomb = ["lol"] * 9
+    for _ in range(4):  # 59,049 values: under the cap, and shared, as YAML aliases load
+        bomb = [bomb] * 9
+    message = error_of({**BASE, "train": {"epochs": bomb}})
+    assert message.startswith("<sweep>: train.epochs: ") and len(message) <= 450, len(message)
+    long_name = error_of({**BASE, "dataset": {"name": "x" * 5000}})
+    assert len(long_name) <= 450 and "more characters" in long_name
+
+
+def test_max_trials_is_a_setting_and_the_file_size_is_capped(tmp_path):
+    grid = {"seed": list(range(4)), "train_size": [0.25, 0.5, 1.0]}
+    assert "12 trials (4 x 3) is more than resources.max_trials (10)" in error_of(
+        {**BASE, "grid": grid, "resources": {"max_trials": 10}})
+    assert len(sweep(grid=grid, resources={"max_trials": 12}).trials) == 12
+    big = tmp_path / "big.yaml"
+    big.write_text("name: big\nmodel: resnet18\ndescription: '" + "x" * 1_100_000 + "'\n")
+    with pytest.raises(BenchInputError, match="1,100,0.. bytes; a sweep file has at most 1,000,000"):
+        load_sweep(big)
+
+
+@pytest.mark.parametrize("dataset,fragment", [
+    ({"name": "spatial", "num_train": 4_000_000_000}, "at most 10,000,000 generated samples"),
+    ({"name": "spatial", "num_train": 1_000_000, "num_patches": 1000, "patch_dim": 100}, "values in memory"),
+    ({"name": "imagefolder", "root": "/nowhere", "img_size": 100_000}, "images of 100,000 pixels a side"),
+])
+def test_data_size_caps(dataset, fragment):
+    assert fragment in error_of({**BASE, "dataset": dataset})
