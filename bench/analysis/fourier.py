@@ -182,9 +182,14 @@ def plot_fourier(frame: Any) -> Any:
         for model, group in joined.groupby("model"):
             deepest = group[group["depth"] == group["depth"].max()]
             mean = deepest.groupby("f")["value"].mean()
-            right.plot(mean.index, mean.to_numpy(), marker="o", markersize=3, color=colors[model],
+            half = mean[mean.index < 1 - 1e-9]  # the authors' half-diagonal; pi only with the nyquist option
+            right.plot(half.index, half.to_numpy(), marker="o", markersize=3, color=colors[model],
                        label=f"{model} ({deepest['layer'].iloc[0]})")
-        right.legend(fontsize=8)
+            if len(mean) > len(half) and len(half):
+                right.plot([half.index[-1], 1.0], [half.iloc[-1], mean.iloc[-1]], linestyle=":", color=colors[model])
+                right.scatter([1.0], [mean.iloc[-1]], s=16, facecolors="white", edgecolors=colors[model], zorder=3)
+        right.legend(fontsize=8, title="dotted, open: pi (nyquist option)" if (joined["f"] >= 1 - 1e-9).any() else None,
+                     title_fontsize=7)
     else:
         no_data(right, "dlogamp")
     right.set_xlabel("frequency (x pi)")
