@@ -61,7 +61,8 @@ PAIR_COLUMNS = ["model_a", "model_b", "crossover_n", "crossover_lo", "crossover_
 @dataclass(frozen=True)
 class LearningCurves:
     """The fits of one sweep: `models` (one row per model), `pairs` (one row per pair of
-    models), `points` (the error of every trial used: model, n, error) and how they were made."""
+    models), `points` (the error of every trial used: model, n, error) and how they were made.
+    "model" is whatever column `by` named; `models` and `pairs` are sorted by it."""
 
     models: pd.DataFrame
     pairs: pd.DataFrame

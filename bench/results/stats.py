@@ -11,8 +11,12 @@ plain 95% percentile (or BCa) interval of the mean covers the true mean in about
 replicates at n=5 and 90% at n=10 (normal data). Hesterberg's expanded percentile interval
 (Hesterberg 2015, "What teachers should know about the bootstrap", Am. Stat. 69(4)) keeps the
 bootstrap but reads it at the level whose normal quantile equals sqrt(n/(n-1)) * t_{n-1}
-quantile; that brings the coverage to 91-95% (tests/test_stats.py measures it). The same
-expansion is applied to BCa when asked for it; `expand=False` gives the textbook intervals.
+quantile. Measured (20,000 replicates, 999 resamples) for n = 5 / 7 / 10: normal 91.7 / 93.8 /
+94.6%; gamma, skewness 0.67: 91.4 / 93.0 / 94.0%; skewness 1.0: 90.4 / 92.5 / 93.4%; lognormal,
+skewness 1.75: 89.3 / 90.9 / 92.2%. No percentile-type interval reaches past the seeds' range,
+whose own coverage at n=5 is 1 - 2/32 = 93.75% for a symmetric distribution: 5 seeds cannot do
+better. The same expansion is applied to BCa when asked for it (within 0.5 points of the
+percentile's coverage); `expand=False` gives the textbook intervals.
 """
 
 from __future__ import annotations
