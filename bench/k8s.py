@@ -4,10 +4,15 @@
 file and a RayJob whose own RayCluster (a CPU head that runs no trials, an autoscaling
 worker group with the GPUs asked for) runs `bench run` on it. `ray_cluster_spec` is
 also the spec of the long-lived RayCluster in k8s/raycluster.yaml (a test keeps the two
-equal), so both ways of running a sweep get the same pods: non-root, results and data
-on the shared `bench-results` claim, MLflow credentials from the `mlflow-auth` Secret,
-bucket credentials from the optional `bench-bucket` Secret. No credential is ever
-written into a manifest.
+equal), so both ways of running a sweep get the same pods: non-root, read-only root
+filesystems (emptyDir for /tmp, where Ray keeps its session), every capability dropped,
+RuntimeDefault seccomp, no service-account token (only the autoscaler sidecar gets one,
+projected), results and data on the shared `bench-results` claim, bucket credentials from
+the optional `bench-bucket` Secret. MLflow credentials go to the head only (the driver
+runs there and is the only process that logs to MLflow), and they are those of the
+non-admin `mlflow-bench` account, never the admin's. Ray's ports are pinned
+(`RAY_NODE_PORTS`), so k8s/network-policy.yaml can admit only those. No credential is
+ever written into a manifest.
 """
 
 from __future__ import annotations
@@ -27,10 +32,18 @@ SHARED_MOUNT = "/shared"
 RESULTS_PATH = f"{SHARED_MOUNT}/results"
 DATA_PATH = f"{SHARED_MOUNT}/data"
 MLFLOW_URI = "http://mlflow:5000"
-MLFLOW_SECRET = "mlflow-auth"
+MLFLOW_SECRET = "mlflow-bench"  # the non-admin account the driver logs with (keys: username, password)
 BUCKET_SECRET = "bench-bucket"
 SWEEP_MOUNT = "/home/ray/sweep"
 RAY_UID, RAY_GID = 1000, 100  # the `ray` user of the rayproject/ray images
+#: Pod labels the network policies select on (KubeRay adds its own `ray.io/*` labels as well).
+COMPONENT = "app.kubernetes.io/component"
+#: Ray's ports, pinned so that the network policy can list them: on the head only, and on every node.
+RAY_HEAD_PORTS = {"gcs-server": 6379, "dashboard": 8265, "client": 10001}
+RAY_NODE_PORTS = {"node-manager-port": 6380, "object-manager-port": 6381, "runtime-env-agent-port": 6382,
+                  "dashboard-agent-grpc-port": 6383, "dashboard-agent-listen-port": 52365,
+                  "metrics-export-port": 8080}
+RAY_WORKER_PORTS = (10002, 10999)  # the worker processes' gRPC ports (min-worker-port, max-worker-port)
 
 
 def ray_version() -> str:
@@ -63,48 +76,81 @@ def _pod_security() -> dict[str, Any]:
             "seccompProfile": {"type": "RuntimeDefault"}}
 
 
-def _container_security() -> dict[str, Any]:
-    return {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+def container_security() -> dict[str, Any]:
+    """What every container of ours runs with (Pod Security `restricted`, and a read-only root)."""
+    return {"runAsNonRoot": True, "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}}
 
 
-def _env(mlflow_uri: str) -> list[dict[str, Any]]:
-    secret = lambda key: {"secretKeyRef": {"name": MLFLOW_SECRET, "key": key}}  # noqa: E731
-    return [
+def pull_policy(image: str) -> str:
+    """IfNotPresent for an image pinned by digest (every node runs the same bytes); Always for a tag,
+    so that no node runs a stale cached image under a tag that moved."""
+    return "IfNotPresent" if "@sha256:" in image else "Always"
+
+
+def _env(mlflow_uri: str | None) -> list[dict[str, Any]]:
+    env = [
         {"name": "BENCH_RESULTS", "value": RESULTS_PATH},
         {"name": "BENCH_DATA_ROOT", "value": DATA_PATH},
-        {"name": "MLFLOW_TRACKING_URI", "value": mlflow_uri},
-        {"name": "MLFLOW_TRACKING_USERNAME", "valueFrom": secret("admin-username")},
-        {"name": "MLFLOW_TRACKING_PASSWORD", "valueFrom": secret("admin-password")},
+        {"name": "HOME", "value": "/tmp"},  # the root filesystem is read-only: caches (torch, matplotlib) go to /tmp
     ]
+    if mlflow_uri is not None:  # the head: the driver logs to MLflow from there, and only from there
+        secret = lambda key: {"secretKeyRef": {"name": MLFLOW_SECRET, "key": key}}  # noqa: E731
+        env += [
+            {"name": "MLFLOW_TRACKING_URI", "value": mlflow_uri},
+            {"name": "MLFLOW_TRACKING_USERNAME", "valueFrom": secret("username")},
+            {"name": "MLFLOW_TRACKING_PASSWORD", "valueFrom": secret("password")},
+        ]
+    return env
 
 
 def _volumes(extra: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     return [
         {"name": "shared", "persistentVolumeClaim": {"claimName": RESULTS_CLAIM}},
         {"name": "dshm", "emptyDir": {"medium": "Memory"}},  # Ray's object store lives in /dev/shm
+        {"name": "tmp", "emptyDir": {}},  # /tmp: Ray's session folder (/tmp/ray), HOME, caches
         *(extra or []),
     ]
 
 
 def _mounts(extra: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
-    return [{"name": "shared", "mountPath": SHARED_MOUNT}, {"name": "dshm", "mountPath": "/dev/shm"}, *(extra or [])]
+    return [{"name": "shared", "mountPath": SHARED_MOUNT}, {"name": "dshm", "mountPath": "/dev/shm"},
+            {"name": "tmp", "mountPath": "/tmp"}, *(extra or [])]
 
 
-def _ray_container(name: str, image: str, mlflow_uri: str, resources: dict[str, Any],
+def _ray_container(name: str, image: str, mlflow_uri: str | None, resources: dict[str, Any],
                    ports: list[dict[str, Any]] | None = None, mounts: list[dict[str, Any]] | None = None) -> dict:
     container = {
         "name": name,
         "image": image,
-        "imagePullPolicy": "IfNotPresent",
+        "imagePullPolicy": pull_policy(image),
         "env": _env(mlflow_uri),
         "envFrom": [{"secretRef": {"name": BUCKET_SECRET, "optional": True}}],  # AWS_* / GOOGLE_* for bucket results
         "resources": resources,
         "volumeMounts": _mounts(mounts),
-        "securityContext": _container_security(),
+        "securityContext": container_security(),
     }
     if ports:
         container["ports"] = ports
     return container
+
+
+def _ray_start_params(head: bool) -> dict[str, str]:
+    params = {key: str(port) for key, port in RAY_NODE_PORTS.items()}
+    params.update({"min-worker-port": str(RAY_WORKER_PORTS[0]), "max-worker-port": str(RAY_WORKER_PORTS[1])})
+    if head:
+        params.update({"num-cpus": "0", "dashboard-host": "0.0.0.0"})
+    return params
+
+
+#: The in-tree autoscaler (a sidecar KubeRay adds to the head) is the one container that talks to
+#: the Kubernetes API: the head pod mounts no token, and this projected one goes to the sidecar only.
+SERVICE_ACCOUNT_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"
+_SERVICE_ACCOUNT_VOLUME = {"name": "autoscaler-token", "projected": {"sources": [
+    {"serviceAccountToken": {"path": "token", "expirationSeconds": 3600}},
+    {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+    {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"fieldPath": "metadata.namespace"}}]}},
+]}}
 
 
 def ray_cluster_spec(
@@ -124,8 +170,9 @@ def ray_cluster_spec(
     if gpus > 0:
         worker_limits["nvidia.com/gpu"] = gpus
     worker_pod: dict[str, Any] = {
+        "automountServiceAccountToken": False,
         "securityContext": _pod_security(),
-        "containers": [_ray_container("ray-worker", image, mlflow_uri,
+        "containers": [_ray_container("ray-worker", image, None,  # workers never log to MLflow: no credentials
                                       {"requests": dict(worker_limits), "limits": dict(worker_limits)})],
         "volumes": _volumes(),
     }
@@ -140,29 +187,34 @@ def ray_cluster_spec(
         "autoscalerOptions": {
             "upscalingMode": "Default",
             "idleTimeoutSeconds": 120,
-            "securityContext": _container_security(),
+            "securityContext": container_security(),
             "resources": {"requests": {"cpu": "200m", "memory": "512Mi"}, "limits": {"cpu": "500m", "memory": "1Gi"}},
+            "volumeMounts": [{"name": "autoscaler-token", "mountPath": SERVICE_ACCOUNT_PATH, "readOnly": True}],
         },
         "headGroupSpec": {
             "serviceType": "ClusterIP",  # reached with kubectl port-forward, never a public LoadBalancer
-            "rayStartParams": {"num-cpus": "0", "dashboard-host": "0.0.0.0"},
-            "template": {"spec": {
-                "securityContext": _pod_security(),
-                "containers": [_ray_container(
-                    "ray-head", image, mlflow_uri, head_resources,
-                    ports=[{"containerPort": 6379, "name": "gcs-server"}, {"containerPort": 8265, "name": "dashboard"},
-                           {"containerPort": 10001, "name": "client"}],
-                    mounts=head_mounts)],
-                "volumes": _volumes(head_volumes),
-            }},
+            "rayStartParams": _ray_start_params(head=True),
+            "template": {
+                "metadata": {"labels": {"app.kubernetes.io/name": "bench", COMPONENT: "ray-head"}},
+                "spec": {
+                    "automountServiceAccountToken": False,
+                    "securityContext": _pod_security(),
+                    "containers": [_ray_container(
+                        "ray-head", image, mlflow_uri, head_resources,
+                        ports=[{"containerPort": port, "name": name} for name, port in RAY_HEAD_PORTS.items()],
+                        mounts=head_mounts)],
+                    "volumes": _volumes([*(head_volumes or []), _SERVICE_ACCOUNT_VOLUME]),
+                },
+            },
         },
         "workerGroupSpecs": [{
             "groupName": "gpu" if gpus > 0 else "cpu",
             "replicas": low,
             "minReplicas": low,
             "maxReplicas": high,
-            "rayStartParams": {},
-            "template": {"spec": worker_pod},
+            "rayStartParams": _ray_start_params(head=False),
+            "template": {"metadata": {"labels": {"app.kubernetes.io/name": "bench", COMPONENT: "ray-worker"}},
+                         "spec": worker_pod},
         }],
     }
 
@@ -187,6 +239,10 @@ def render_rayjob(
     sweep = load_sweep(sweep_path)
     if not image or any(c.isspace() for c in image):
         raise BenchInputError(f"--image {image!r}: expected an image reference, e.g. registry.example.com/bench:0.1.0")
+    last = image.rsplit("/", 1)[-1]
+    if "@sha256:" not in image and (":" not in last or last.endswith(":latest")):
+        raise BenchInputError(f"--image {image}: pin the image, by digest (REGISTRY/bench@sha256:...) or by an "
+                              "immutable version tag (REGISTRY/bench:0.1.0-GITSHA): every node must run the same code")
     if gpus < 0:
         raise BenchInputError(f"--gpus {gpus}: expected GPUs per worker pod, a whole number >= 0")
     need = sweep.resources.gpus_per_trial
@@ -224,21 +280,33 @@ def render_rayjob(
             "shutdownAfterJobFinishes": True,
             "ttlSecondsAfterFinished": 3600,
             "backoffLimit": 2,  # a retry resumes: trials with an ok row on the shared store are skipped
-            "submitterPodTemplate": {"spec": {
-                "restartPolicy": "Never",
-                "securityContext": _pod_security(),
-                "containers": [{
-                    "name": "ray-job-submitter",
-                    "image": image,
-                    "resources": {"requests": {"cpu": "200m", "memory": "256Mi"}, "limits": {"cpu": "1", "memory": "1Gi"}},
-                    "securityContext": _container_security(),
-                }],
-            }},
+            "submitterPodTemplate": {
+                "metadata": {"labels": {"app.kubernetes.io/name": "bench", COMPONENT: "ray-job-submitter"}},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "automountServiceAccountToken": False,
+                    "securityContext": _pod_security(),
+                    "containers": [{
+                        "name": "ray-job-submitter",
+                        "image": image,
+                        "imagePullPolicy": pull_policy(image),
+                        "env": [{"name": "HOME", "value": "/tmp"}],
+                        "resources": {"requests": {"cpu": "200m", "memory": "256Mi"},
+                                      "limits": {"cpu": "1", "memory": "1Gi"}},
+                        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+                        "securityContext": container_security(),
+                    }],
+                    "volumes": [{"name": "tmp", "emptyDir": {}}],
+                },
+            },
             "rayClusterSpec": cluster,
         },
     }
     header = (f"# bench k8s render {file_name}: sweep {sweep.name!r}, {len(sweep.trials)} trials\n"
               f"# kubectl apply -f THIS_FILE   (the namespace {namespace} of k8s/ must exist: kubectl apply -k k8s/)\n")
+    if "@sha256:" not in image:
+        header += (f"# image {image} is pinned by tag (pulled Always): keep that tag immutable in the registry, "
+                   "or render with --image REGISTRY/bench@sha256:DIGEST\n")
     return header + dump_yaml([config_map, rayjob])
 
 

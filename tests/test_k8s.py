@@ -122,8 +122,11 @@ def test_kustomize_build_validates_and_holds_the_deployment():
     docs = kustomize_build(K8S)
     kinds = sorted((d["kind"], d["metadata"]["name"]) for d in docs)
     assert kinds == [
-        ("ConfigMap", "mlflow-auth-config"), ("Deployment", "mlflow"), ("Namespace", "bench"),
-        ("NetworkPolicy", "same-namespace-only"), ("PersistentVolumeClaim", "bench-results"),
+        ("ConfigMap", "mlflow-auth-config"), ("ConfigMap", "mlflow-users"), ("Deployment", "mlflow"),
+        ("Job", "mlflow-users"), ("Namespace", "bench"),
+        ("NetworkPolicy", "default-deny"), ("NetworkPolicy", "dns"), ("NetworkPolicy", "mlflow"),
+        ("NetworkPolicy", "mlflow-users"), ("NetworkPolicy", "ray-head"), ("NetworkPolicy", "ray-job-submitter"),
+        ("NetworkPolicy", "ray-nodes"), ("PersistentVolumeClaim", "bench-results"),
         ("PersistentVolumeClaim", "mlflow-data"), ("RayCluster", "bench"), ("Service", "mlflow"),
     ]
     for doc in docs:
@@ -240,8 +243,6 @@ def test_nobody_gets_in_who_should_not():
         for pod in pods:
             assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] != 0
         for container in containers:
-            assert container["securityContext"]["allowPrivilegeEscalation"] is False
-            assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
             for env in container.get("env", []):  # credentials only by reference to a Secret
                 if re.search(r"(?i)password|token|secret|key", env["name"]):
                     assert "valueFrom" in env and "secretKeyRef" in env["valueFrom"], env
@@ -250,8 +251,6 @@ def test_nobody_gets_in_who_should_not():
     assert "--app-name=basic-auth" in args
     hosts = next(a for a in args if a.startswith("--allowed-hosts=")).split("=", 1)[1].split(",")
     assert "mlflow:*" in hosts and "mlflow.bench.svc.cluster.local:*" in hosts and "*" not in hosts
-    policy = next(d for d in docs if d["kind"] == "NetworkPolicy")
-    assert policy["spec"]["podSelector"] == {} and policy["spec"]["policyTypes"] == ["Ingress"]
 
 
 # -------------------------------------------------------------------------- the image
@@ -272,9 +271,22 @@ def test_image_matches_the_cluster_and_copies_what_it_installs():
     copies = [line.split()[-2] if len(line.split()) == 4 else line.split()[2:-1]
               for line in lines if line.startswith("COPY")]
     sources = [s for item in copies for s in ([item] if isinstance(item, str) else item) if not s.startswith("--")]
-    assert sorted(sources) == ["README.md", "bench", "pyproject.toml", "sweeps"]
+    assert sorted(sources) == ["README.md", "bench", "k8s/constraints.txt", "pyproject.toml", "sweeps"]
     for source in sources:
         assert (REPO / source).exists()
+    (install,) = [line for line in lines if line.startswith("RUN") and "pip install" in line]
+    assert "-c /opt/bench/constraints.txt" in install  # every package at the tested version
+
+
+def test_the_image_constraints_pin_every_package_to_the_tested_version():
+    from importlib.metadata import version as installed
+
+    pins = [line for line in (K8S / "constraints.txt").read_text().splitlines() if line and not line.startswith("#")]
+    assert all(re.fullmatch(r"[A-Za-z0-9_.\-]+==[A-Za-z0-9_.+!\-]+", line) for line in pins), pins
+    pinned = {line.split("==")[0].lower().replace("_", "-"): line.split("==")[1] for line in pins}
+    assert "bench" not in pinned  # the project itself comes from the COPY, not the index
+    for package in ("ray", "torch", "mlflow", "pyarrow", "duckdb", "boto3", "pydantic"):
+        assert pinned[package] == installed(package), package
 
 
 @pytest.mark.slow
@@ -289,8 +301,8 @@ def test_the_dockerfile_pip_line_installs_the_project(tmp_path):
 
     context = tmp_path / "opt-bench"
     context.mkdir()
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy(REPO / name, context / name)
+    for name in ("pyproject.toml", "README.md", "k8s/constraints.txt"):
+        shutil.copy(REPO / name, context / Path(name).name)
     for folder in ("bench", "sweeps"):
         shutil.copytree(REPO / folder, context / folder, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     (line,) = [l for l in _dockerfile() if l.startswith("RUN") and "/opt/bench" in l]
@@ -305,3 +317,264 @@ def test_the_dockerfile_pip_line_installs_the_project(tmp_path):
     installs = {i["metadata"]["name"].lower(): i for i in json.loads(report.read_text())["install"]}
     assert installs["bench"]["metadata"]["version"] == bench.__version__
     assert "server" in installs["bench"]["requested_extras"]
+
+
+# -------------------------------------------------------------------- who talks to whom
+
+
+def _selects(selector: dict | None, labels: dict) -> bool:
+    """A Kubernetes label selector (matchLabels, matchExpressions In/NotIn/Exists) on `labels`."""
+    if selector is None:
+        return False
+    if any(labels.get(k) != v for k, v in (selector.get("matchLabels") or {}).items()):
+        return False
+    for expr in selector.get("matchExpressions") or []:
+        value, op = labels.get(expr["key"]), expr["operator"]
+        if (op == "In" and value not in expr["values"]) or (op == "NotIn" and value in expr["values"]) \
+                or (op == "Exists" and expr["key"] not in labels) or (op == "DoesNotExist" and expr["key"] in labels):
+            return False
+    return True
+
+
+def _peer_matches(peer: dict, pod: dict, policy_namespace: str) -> bool:
+    """One `from`/`to` entry against a pod {labels, namespace, ns_labels, ip}; ipBlock peers match outside pods."""
+    if "ipBlock" in peer:
+        return pod.get("namespace") is None
+    if pod.get("namespace") is None:
+        return False
+    if "namespaceSelector" in peer:
+        if not _selects(peer["namespaceSelector"], pod["ns_labels"]):
+            return False
+    elif pod["namespace"] != policy_namespace:
+        return False
+    return "podSelector" not in peer or _selects(peer["podSelector"], pod["labels"])
+
+
+def _port_matches(rule: dict, port: int) -> bool:
+    ports = rule.get("ports")
+    if not ports:
+        return True
+    return any(p.get("protocol", "TCP") == "TCP" and p["port"] <= port <= p.get("endPort", p["port"]) for p in ports)
+
+
+def _direction_allows(policies: list[dict], pod: dict, peer: dict, port: int, kind: str) -> bool:
+    """NetworkPolicy semantics for one direction: not isolated (no policy of that type selects the pod),
+    or some rule of some selecting policy admits (peer, port)."""
+    if pod.get("namespace") is None:  # outside the cluster: no policies of ours
+        return True
+    selecting = [p for p in policies if p["metadata"]["namespace"] == pod["namespace"]
+                 and _selects(p["spec"]["podSelector"] or {"matchLabels": {}}, pod["labels"])
+                 and kind.capitalize() in p["spec"]["policyTypes"]]
+    if not selecting:
+        return True
+    key = "from" if kind == "ingress" else "to"
+    return any(_port_matches(rule, port) and (key not in rule or any(_peer_matches(e, peer, p["metadata"]["namespace"])
+                                                                    for e in rule[key]))
+               for p in selecting for rule in p["spec"].get(kind, []))
+
+
+def connects(policies: list[dict], src: dict, dst: dict, port: int) -> bool:
+    return (_direction_allows(policies, src, dst, port, "egress")
+            and _direction_allows(policies, dst, src, port, "ingress"))
+
+
+def _pod(component: str | None = None, namespace: str | None = "bench", **labels) -> dict:
+    if component:
+        labels["app.kubernetes.io/component"] = component
+    return {"labels": labels, "namespace": namespace,
+            "ns_labels": {"kubernetes.io/metadata.name": namespace} if namespace else {}}
+
+
+HEAD, WORKER = _pod("ray-head", **{"app.kubernetes.io/name": "bench"}), _pod("ray-worker")
+SUBMITTER, USERS_JOB = _pod("ray-job-submitter"), _pod("mlflow-users")
+MLFLOW = _pod(**{"app.kubernetes.io/name": "mlflow"})
+OPERATOR = _pod(namespace="kuberay-system", **{"app.kubernetes.io/name": "kuberay-operator"})
+IMPOSTOR = _pod(namespace="team-x", **{"app.kubernetes.io/name": "kuberay-operator"})  # labels itself as the operator
+STRANGER, OUTSIDE = _pod(**{"app": "debug"}), _pod(namespace=None)
+DNS = _pod(namespace="kube-system", **{"k8s-app": "kube-dns"})
+
+CONNECTIONS = [  # (from, to, port, allowed)
+    (OPERATOR, HEAD, 8265, True), (OPERATOR, HEAD, 6379, False), (OPERATOR, HEAD, 10001, False),
+    (OPERATOR, MLFLOW, 5000, False), (OPERATOR, WORKER, 6380, False),
+    (IMPOSTOR, HEAD, 8265, False), (STRANGER, HEAD, 8265, False), (OUTSIDE, HEAD, 8265, False),
+    (SUBMITTER, HEAD, 8265, True), (SUBMITTER, HEAD, 6379, False), (SUBMITTER, MLFLOW, 5000, False),
+    (WORKER, HEAD, 6379, True), (WORKER, HEAD, 10001, True), (WORKER, HEAD, 6380, True),
+    (HEAD, WORKER, 6380, True), (WORKER, WORKER, 10500, True), (WORKER, WORKER, 11000, False),
+    (WORKER, WORKER, 22, False), (WORKER, HEAD, 22, False),
+    (HEAD, MLFLOW, 5000, True), (WORKER, MLFLOW, 5000, False), (USERS_JOB, MLFLOW, 5000, True),
+    (STRANGER, MLFLOW, 5000, False), (OUTSIDE, MLFLOW, 5000, False), (HEAD, MLFLOW, 22, False),
+    (WORKER, OUTSIDE, 443, True), (WORKER, OUTSIDE, 80, False), (MLFLOW, OUTSIDE, 443, False),
+    (SUBMITTER, OUTSIDE, 443, False), (STRANGER, OUTSIDE, 443, False),
+    (WORKER, DNS, 53, True), (MLFLOW, DNS, 53, True),
+]
+
+
+def _policies() -> list[dict]:
+    return [d for d in kustomize_build(K8S) if d["kind"] == "NetworkPolicy"]
+
+
+@pytest.mark.parametrize("src,dst,port,allowed", CONNECTIONS,
+                         ids=[f"c{i}" for i in range(len(CONNECTIONS))])
+def test_the_network_policies_admit_only_what_each_peer_needs(src, dst, port, allowed):
+    assert connects(_policies(), src, dst, port) is allowed
+
+
+def test_every_policy_rule_names_its_peers_and_ports():
+    policies = _policies()
+    deny = next(p for p in policies if p["metadata"]["name"] == "default-deny")
+    assert deny["spec"] == {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}  # no rule: nothing passes
+    for policy in policies:
+        for rule in policy["spec"].get("ingress", []):
+            assert rule.get("from") and rule.get("ports"), policy["metadata"]["name"]  # never "anyone, any port"
+            for peer in rule["from"]:
+                if "namespaceSelector" in peer:  # another namespace: by its name, which no pod can set
+                    assert set(peer["namespaceSelector"]["matchLabels"]) == {"kubernetes.io/metadata.name"}
+                    assert peer["podSelector"]["matchLabels"]
+        for rule in policy["spec"].get("egress", []):
+            assert rule.get("ports"), policy["metadata"]["name"]
+    operator = [rule for p in policies for rule in p["spec"].get("ingress", [])
+                if any("namespaceSelector" in peer for peer in rule["from"])]
+    assert len(operator) == 1 and operator[0]["ports"] == [{"protocol": "TCP", "port": 8265}]
+    assert operator[0]["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kuberay-system"}},
+                                    "podSelector": {"matchLabels": {"app.kubernetes.io/name": "kuberay-operator"}}}]
+
+
+def _all_pods(capsys) -> list[tuple[str, dict, list[dict]]]:
+    """(what, pod spec, containers incl. the autoscaler sidecar's settings) of every pod we define."""
+    docs = kustomize_build(K8S) + load_docs((K8S / "rayjob.yaml").read_text()) + rendered(
+        capsys, str(REPO / "sweeps" / "quickstart.yaml"), "--image", "reg.example/bench@sha256:" + "a" * 64)
+    pods = []
+    for doc in docs:
+        if doc["kind"] in ("RayCluster", "RayJob"):
+            spec = doc["spec"].get("rayClusterSpec", doc["spec"])
+            autoscaler = {"name": "autoscaler", **spec["autoscalerOptions"]}
+            head = spec["headGroupSpec"]["template"]["spec"]
+            pods.append((f"{doc['kind']} head", head, head["containers"] + [autoscaler]))
+            for group in spec["workerGroupSpecs"]:
+                pods.append((f"{doc['kind']} worker", group["template"]["spec"], group["template"]["spec"]["containers"]))
+            if "submitterPodTemplate" in doc["spec"]:
+                sub = doc["spec"]["submitterPodTemplate"]["spec"]
+                pods.append(("RayJob submitter", sub, sub["containers"]))
+        elif doc["kind"] in ("Deployment", "Job"):
+            pod = doc["spec"]["template"]["spec"]
+            pods.append((f"{doc['kind']} {doc['metadata']['name']}", pod, pod["containers"]))
+    return pods
+
+
+def test_every_ray_and_mlflow_container_is_locked_down(capsys):
+    pods = _all_pods(capsys)
+    assert len(pods) == 10  # mlflow, its users Job, RayCluster head+worker, RayJob (file, rendered) head+worker+submitter
+    for what, pod, containers in pods:
+        pod_ctx = pod["securityContext"]
+        for container in containers:
+            ctx = container["securityContext"]
+            where = f"{what}/{container['name']}"
+            assert ctx.get("runAsNonRoot", pod_ctx.get("runAsNonRoot")) is True, where
+            assert pod_ctx.get("runAsUser", 1000) != 0, where
+            assert ctx["readOnlyRootFilesystem"] is True, where
+            assert ctx["allowPrivilegeEscalation"] is False and ctx["capabilities"]["drop"] == ["ALL"], where
+            assert (ctx.get("seccompProfile") or pod_ctx.get("seccompProfile")) == {"type": "RuntimeDefault"}, where
+            if container["name"] != "autoscaler":  # a writable /tmp (Ray's session folder, HOME) from an emptyDir
+                tmp = next(m for m in container["volumeMounts"] if m["mountPath"] == "/tmp")
+                assert "emptyDir" in next(v for v in pod["volumes"] if v["name"] == tmp["name"]), where
+        if what.startswith("Ray"):
+            assert pod["automountServiceAccountToken"] is False, what
+            token_mounts = [m for c in containers for m in c.get("volumeMounts", [])
+                            if m["mountPath"].startswith("/var/run/secrets/kubernetes.io")]
+            assert [m["name"] for m in token_mounts] == (["autoscaler-token"] if "head" in what else []), what
+    namespace = load_docs((K8S / "namespace.yaml").read_text())[0]
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+
+
+def test_mlflow_credentials_only_on_the_head_and_never_the_admins(capsys):
+    for what, pod, containers in _all_pods(capsys):
+        refs = {(e["name"], e["valueFrom"]["secretKeyRef"]["name"]) for c in containers for e in c.get("env", [])
+                if "secretKeyRef" in e.get("valueFrom", {})}
+        secrets = {secret for _, secret in refs}
+        if what.startswith("Ray") and "head" in what:
+            assert refs == {("MLFLOW_TRACKING_USERNAME", "mlflow-bench"), ("MLFLOW_TRACKING_PASSWORD", "mlflow-bench")}
+        elif what.startswith("Ray"):  # workers and the submitter never log to MLflow
+            assert refs == set() and not any(e["name"].startswith("MLFLOW") for c in containers for e in c.get("env", []))
+        else:  # only the server and the Job that creates the bench user see the admin account
+            assert "mlflow-auth" in secrets and what in ("Deployment mlflow", "Job mlflow-users"), what
+
+
+def test_images_are_pinned(capsys):
+    for docs, policy in [(load_docs((K8S / "raycluster.yaml").read_text()), "Always"),
+                         (rendered(capsys, str(REPO / "sweeps" / "quickstart.yaml"), "--image",
+                                   "reg.example/bench@sha256:" + "b" * 64), "IfNotPresent")]:
+        assert {c["imagePullPolicy"] for c in _containers(docs[-1])} == {policy}
+    for image in ("reg.example/bench", "reg.example/bench:latest", "localhost:5000/bench"):
+        code, out, err = render_cli(capsys, str(REPO / "sweeps" / "quickstart.yaml"), "--image", image)
+        assert code == 2 and out == "" and err.count("\n") == 1 and "pin the image" in err, err
+
+
+@pytest.mark.slow
+def test_the_mlflow_users_job_creates_a_non_admin_user_that_can_log(tmp_path):
+    """The Job's own script against a real `mlflow server --app-name basic-auth` on 127.0.0.1."""
+    import os
+    import time
+    import urllib.request
+
+    from tests.conftest import free_port, stop_mlflow_server
+
+    config_map = next(d for d in load_docs((K8S / "mlflow.yaml").read_text()) if d["metadata"]["name"] == "mlflow-users")
+    script = tmp_path / "create_bench_user.py"
+    script.write_text(config_map["data"]["create_bench_user.py"])
+    ini = next(d for d in load_docs((K8S / "mlflow.yaml").read_text())
+               if d["metadata"]["name"] == "mlflow-auth-config")["data"]["basic_auth.ini"]
+    (tmp_path / "basic_auth.ini").write_text(ini.replace("sqlite:////mlflow/basic_auth.db",
+                                                         f"sqlite:///{tmp_path}/basic_auth.db"))
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    admin = {"MLFLOW_AUTH_ADMIN_USERNAME": "admin", "MLFLOW_AUTH_ADMIN_PASSWORD": "admin-pw-123456"}
+    server = subprocess.Popen(
+        [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1", "--port", str(port),
+         "--app-name", "basic-auth", "--backend-store-uri", f"sqlite:///{tmp_path}/mlflow.db",
+         "--default-artifact-root", str(tmp_path / "artifacts"), "--workers", "1"],
+        env={**os.environ, **admin, "MLFLOW_AUTH_CONFIG_PATH": str(tmp_path / "basic_auth.ini"),
+             "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_FLASK_SERVER_SECRET_KEY": "k" * 32},
+        stdout=open(tmp_path / "server.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{uri}/health", timeout=2)
+                break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, (tmp_path / "server.log").read_text()[-2000:]
+                time.sleep(0.5)
+        job_env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_TRACKING_USERNAME": "admin",
+                   "MLFLOW_TRACKING_PASSWORD": admin["MLFLOW_AUTH_ADMIN_PASSWORD"],
+                   "BENCH_MLFLOW_USERNAME": "bench", "BENCH_MLFLOW_PASSWORD": "bench-pw-123456"}
+        for expected in ("created MLflow user bench", "MLflow user bench exists"):  # idempotent
+            done = subprocess.run([sys.executable, str(script)], env=job_env, capture_output=True, text=True, timeout=120)
+            assert done.returncode == 0 and expected in done.stdout, done.stderr[-2000:]
+        bench_env = {"MLFLOW_TRACKING_USERNAME": "bench", "MLFLOW_TRACKING_PASSWORD": "bench-pw-123456"}
+        probe = textwrap_probe(uri)
+        done = subprocess.run([sys.executable, "-c", probe], env={**os.environ, **bench_env},
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert done.stdout.splitlines()[-2:] == ["logged", "not-admin"], done.stdout
+    finally:
+        stop_mlflow_server(server)
+
+
+def textwrap_probe(uri: str) -> str:
+    """As the head logs: create an experiment and a run with the bench account; it must not be an admin."""
+    return f"""
+from mlflow.exceptions import MlflowException
+from mlflow.server.auth.client import AuthServiceClient
+from mlflow.tracking import MlflowClient
+client = MlflowClient(tracking_uri={uri!r})
+experiment = client.create_experiment("sweep-x")
+run = client.create_run(experiment)
+client.log_metric(run.info.run_id, "test_acc", 0.5)
+client.set_terminated(run.info.run_id)
+print("logged")
+try:
+    AuthServiceClient({uri!r}).create_user("intruder", "pw-123456789")
+    print("admin")
+except MlflowException as exc:
+    print("not-admin" if "403" in str(exc) or "PERMISSION_DENIED" in str(exc) else exc)
+"""
