@@ -30,6 +30,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from bench import accel
 from bench.data import build_trial_data
+from bench.data.streams import stream_generator
 from bench.models import count_flops, count_params, model_entry, set_attention_impl
 from bench.models.layers import DropPath
 from bench.calibration import ECE_BINS
@@ -107,7 +108,7 @@ def run_stacked(configs: list[dict[str, Any]], *, device: str | None = None) -> 
     if dev.type == "cpu":  # the CPU's fused attention kernel has no vmap rule (a slow per-model loop)
         set_attention_impl(base, "math")
     optimizer = optimizer_over(params, groups, train)
-    generators = [torch.Generator(device=dev).manual_seed(c["seed"]) for c in configs]
+    generators = [stream_generator("loader", c["seed"], device=dev) for c in configs]  # as run_trial's
     loaders = [make_loader(d, train, g) for d, g in zip(datas, generators)]
     steps_per_epoch = len(loaders[0])
     plan = training_plan(train, steps_per_epoch)  # epochs, or a steps budget, as run_trial's

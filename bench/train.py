@@ -21,6 +21,7 @@ from bench.analysis import AnalysisContext, due, run_analysis
 from bench.calibration import ECE_BINS, CalibrationCounts
 from bench.data import DeviceLoader, TrialData, build_trial_data
 from bench.data.shuffle import BlockShuffle
+from bench.data.streams import stream_generator
 from bench.models import count_flops, count_params, create_model, model_entry
 from bench.transfer import prepare as prepare_transfer
 
@@ -218,7 +219,7 @@ def run_due_analyses(config: dict[str, Any], model: nn.Module, data: TrialData, 
     specs = [a for a in config.get("analysis") or [] if due(a, epoch, epochs, warmup)]
     if not specs:
         return []
-    generator = torch.Generator(device=dev).manual_seed(config["seed"] + 7919 * (epoch + 1))
+    generator = stream_generator("analysis", config["seed"], epoch, device=dev)
     ctx = AnalysisContext(
         model=model, data=data, config=config, device=dev, epoch=epoch,
         train_batches=lambda size: iter(make_loader(data, train, generator, size)),
@@ -268,7 +269,7 @@ def run_trial(
     step_model = accel.compiled(model, train.get("compile", False))
     compile_s: float | None = None
 
-    generator = torch.Generator(device=dev).manual_seed(config["seed"])
+    generator = stream_generator("loader", config["seed"], device=dev)  # not the init's stream
     loader = make_loader(data, train, generator)
     optimizer = make_optimizer(model, train)
     steps_per_epoch = len(loader)

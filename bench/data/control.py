@@ -25,14 +25,13 @@ import torch
 from pydantic import Field
 
 from bench.data.patchgrid import (
-    TEACHER_SALT,
     PatchDataOptions,
     make_partition,
-    salted_generator,
     sample_generator,
     splits_from_patches,
 )
 from bench.data.registry import Splits, register_dataset
+from bench.data.streams import stream_generator
 
 
 class ControlOptions(PatchDataOptions):
@@ -43,7 +42,7 @@ class ControlOptions(PatchDataOptions):
 
 def make_teacher(hidden: int, set_size: int, dim: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Filters (K, C, d) with unit-variance pre-activations on N(0, I) patches, and readout signs (K,)."""
-    gen = salted_generator(seed, TEACHER_SALT)
+    gen = stream_generator("teacher", seed)
     filters = torch.randn(hidden, set_size, dim, generator=gen) / (set_size * dim) ** 0.5
     signs = torch.randint(0, 2, (hidden,), generator=gen).float() * 2 - 1
     return filters, signs
@@ -64,7 +63,7 @@ def load_control(options: ControlOptions, input_kind: str) -> Splits:
     filters, signs = make_teacher(options.hidden, options.set_size, dim, options.teacher_seed)
     splits = []
     for split, n in ((0, options.num_train), (1, options.num_test)):
-        gen = sample_generator(options.sample_seed, split, options.teacher_seed)
+        gen = sample_generator(options.name, options.sample_seed, split, options.teacher_seed)
         patches = torch.randn(n, options.n_patches, dim, generator=gen)
         splits.append((patches, (teacher_output(patches, partition, filters, signs) > 0).long()))
     meta = {"partition": partition, "classes": ["f<=0", "f>0"], "teacher_hidden": options.hidden}

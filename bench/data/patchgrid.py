@@ -23,6 +23,7 @@ import torch
 from pydantic import Field, model_validator
 
 from bench.data.registry import DatasetOptions, Splits
+from bench.data.streams import stream_generator
 from bench.errors import BenchInputError
 
 
@@ -96,7 +97,7 @@ def make_partition(options: PatchDataOptions) -> list[list[int]]:
     """
     d_count, c = options.n_patches, options.set_size
     if options.partition == "random":
-        perm = torch.randperm(d_count, generator=salted_generator(options.partition_seed, PARTITION_SALT)).tolist()
+        perm = torch.randperm(d_count, generator=stream_generator("partition", options.partition_seed)).tolist()
         return [sorted(perm[i : i + c]) for i in range(0, d_count, c)]
     if not options.on_grid:
         return [list(range(i, i + c)) for i in range(0, d_count, c)]
@@ -136,23 +137,10 @@ def images_to_patches(images: torch.Tensor, patch_size: int) -> torch.Tensor:
     return x.reshape(n, g * (w // p), c * p * p)
 
 
-#: Salts of the data's own random streams. A seed of the data must never give the same
-#: stream as `torch.manual_seed(seed)`, which seeds the model's init: with feature_seed 0 and
-#: trial seed 0, an unsalted w* would equal the direction of pa_theory's initial v.
-FEATURE_SALT, PARTITION_SALT, TEACHER_SALT = 0x5EED_F00D, 0x5EED_5E75, 0x5EED_7EAC
-
-
-def salted_generator(seed: int, salt: int) -> torch.Generator:
-    """A generator for one kind of data randomness (`salt`), independent of torch's global stream."""
-    return torch.Generator().manual_seed((seed * 1_000_003 + salt) % (2**63))
-
-
-def sample_generator(sample_seed: int, split: int, *salt: int) -> torch.Generator:
-    """The generator of one split's samples; `salt` (e.g. the feature seed) makes other data independent."""
-    seed = 1_000_003 * sample_seed + split
-    for s in salt:
-        seed = seed * 1_000_033 + s
-    return torch.Generator().manual_seed(seed % (2**63))
+def sample_generator(dataset: str, sample_seed: int, split: int, *keys: int) -> torch.Generator:
+    """The generator of one split's samples (`bench.data.streams`, purpose `sample`); `keys` (e.g. the
+    feature seed) make other data independent."""
+    return stream_generator("sample", dataset, sample_seed, split, *keys)
 
 
 def splits_from_patches(

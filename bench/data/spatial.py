@@ -11,7 +11,8 @@ Forms and layout (image grid, D and d of the patch form, partition): see
 `bench.data.patchgrid`. Class 1 is y = +1, class 0 is y = -1.
 
 Seeds: `feature_seed` draws w*, `partition_seed` the random partition, `sample_seed`
-the samples. A transfer target keeps the partition seed and changes the feature seed;
+the samples, each through its own stream (`bench.data.streams`), none of them the model
+init's `torch.manual_seed(seed)`. A transfer target keeps the partition seed and changes the feature seed;
 the feature seed also salts the sample generator, so the target's samples are
 independent of the source's (not the same labels and signal sets under a new feature).
 
@@ -32,15 +33,14 @@ import torch
 from pydantic import Field
 
 from bench.data.patchgrid import (
-    FEATURE_SALT,
     PatchDataOptions,
     make_partition,
-    salted_generator,
     sample_generator,
     set_index_of_patch,
     splits_from_patches,
 )
 from bench.data.registry import Splits, register_dataset
+from bench.data.streams import stream_generator
 
 
 class SpatialOptions(PatchDataOptions):
@@ -52,7 +52,7 @@ class SpatialOptions(PatchDataOptions):
 
 def make_feature(dim: int, seed: int) -> torch.Tensor:
     """The unit feature vector w*, drawn from its own seed (uniform on the sphere)."""
-    w = torch.randn(dim, generator=salted_generator(seed, FEATURE_SALT), dtype=torch.float64)
+    w = torch.randn(dim, generator=stream_generator("feature", seed), dtype=torch.float64)
     return (w / w.norm()).float()
 
 
@@ -80,7 +80,7 @@ def load_spatial(options: SpatialOptions, input_kind: str) -> Splits:
     partition = make_partition(options)
     splits = []
     for split, n in ((0, options.num_train), (1, options.num_test)):
-        gen = sample_generator(options.sample_seed, split, options.feature_seed)
+        gen = sample_generator(options.name, options.sample_seed, split, options.feature_seed)
         patches, y, _ = sample_patches(n, feature, partition, options.q, options.sigma, gen)
         splits.append((patches, (y > 0).long()))
     meta = {"partition": partition, "feature": feature.tolist(), "classes": ["y=-1", "y=+1"]}

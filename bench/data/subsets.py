@@ -21,6 +21,8 @@ import heapq
 import numpy as np
 import torch
 
+from bench.data.streams import stream_seed
+
 
 def subset_size(train_size: float | int, n_total: int) -> int:
     """A fraction (<= 1.0) of the set, or an image count (> 1)."""
@@ -57,7 +59,7 @@ def _class_sequence(counts: list[int], tiebreak: list[float]) -> list[int]:
 def nested_order(labels: torch.Tensor, seed: int) -> torch.Tensor:
     """All training indices in the order subsets take them (stratified, seeded)."""
     labels_np = labels.cpu().numpy()
-    rng = np.random.default_rng(int(seed))
+    rng = np.random.default_rng(stream_seed("subset", int(seed)))  # its own stream (bench.data.streams)
     _, inverse, counts = np.unique(labels_np, return_inverse=True, return_counts=True)
     by_class = np.argsort(inverse, kind="stable")  # indices grouped by class, classes in sorted order
     starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
