@@ -115,7 +115,7 @@ def test_long_full_batch_runs_report_sparsely_and_store_every_epoch_and_analysis
         dataset={"name": "spatial", "num_patches": 10, "patch_dim": 10, "set_size": 2, "partition": "random",
                  "num_train": 512, "num_test": 256},
         train={"epochs": 150, "batch_size": "full", "optimizer": "sgd", "momentum": 0.0, "lr": 0.02,
-               "weight_decay": 0.0, "schedule": "constant"},
+               "weight_decay": 0.0, "schedule": "constant", "grad_clip": None},
         train_size=1.0, analysis=[{"patch_association": {"every": 50}}],
         resources={"cpus_per_trial": 1, "max_failures": 0, "report_every_s": 3600}, grid={"seed": [0]},
     )

@@ -63,6 +63,21 @@ def test_every_sweep_file_validates_plain_and_as_smoke(path, capsys):
     assert out.startswith(f"{name}-smoke: ")
 
 
+def test_sweeps_that_train_by_plain_gradient_descent_do_not_clip():
+    """A trial trained by full-batch SGD without momentum is the papers' plain GD: bench's default
+    gradient clipping (norm 1.0) would make it another optimiser, so those sweeps set grad_clip: null."""
+    from bench.spec import load_sweep
+
+    plain = 0
+    for path in SWEEPS:
+        for trial in load_sweep(path).trials:
+            train = trial["train"]
+            if train["batch_size"] == "full" and train["optimizer"] == "sgd" and not train["momentum"]:
+                plain += 1
+                assert train["grad_clip"] is None, f"{path.name}: {trial['stage']} trial clips plain GD"
+    assert plain > 0
+
+
 def test_validate_as_a_user_runs_it():
     done = run_cli("validate", str(REPO / "sweeps" / "park2022_data_regime.yaml"), "--smoke")
     assert done.returncode == 0 and done.stdout.startswith("park2022-data-regime-smoke: 4 trials"), done.stderr
