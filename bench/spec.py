@@ -381,7 +381,9 @@ def _parse_stages(raw: dict[str, Any], top: SweepFile, source: str) -> Sweep:
 
     A trial of a stage with `source: S` starts from the final weights of the one trial of
     stage S that agrees with it on the grid keys both stages sweep (model, seed, ...) and
-    has the same model. No match, or several, is an error before anything runs.
+    has the same model. The stage inherits S's model and the grid axes of S it does not
+    sweep or set itself (`_inherit_from_source`), so those are shared keys too. No match, or
+    several, is an error before anything runs.
     """
     stages_raw = raw.get("stages")
     if not isinstance(stages_raw, list) or not stages_raw:
@@ -401,8 +403,12 @@ def _parse_stages(raw: dict[str, Any], top: SweepFile, source: str) -> Sweep:
     trials: list[dict[str, Any]] = []
     by_stage: dict[str, list[dict[str, Any]]] = {}
     grids: dict[str, dict[str, list[Any]]] = {}
+    stage_fields: dict[str, dict[str, Any]] = {}
     for spec in specs:
         stage_raw = _stage_fields(defaults, spec)
+        if spec.source is not None:
+            stage_raw = _inherit_from_source(stage_raw, spec, stage_fields[spec.source], grids[spec.source])
+        stage_fields[spec.name] = stage_raw
         where = f"{source}: stages.{spec.name}"
         try:
             stage_top = SweepFile.model_validate({"name": top.name, **_with_recipe(stage_raw, where)})
@@ -420,6 +426,49 @@ def _parse_stages(raw: dict[str, Any], top: SweepFile, source: str) -> Sweep:
         name=top.name, description=top.description, resources=top.resources, trials=trials, source_path=source,
         stages=names, sources={s.name: s.source for s in specs if s.source is not None}, keep_weights=top.keep_weights,
     )
+
+
+def _inherit_from_source(stage_raw: dict[str, Any], spec: StageSpec, source_raw: dict[str, Any],
+                         source_grid: dict[str, list[Any]]) -> dict[str, Any]:
+    """A downstream stage's fields with what it inherits from its source stage (DESIGN.md's
+    two-stage example): the source's model, unless the stage names or sweeps its own, and every
+    axis of the source's grid that the stage neither sweeps nor sets itself, so each trial of
+    the stage starts from the source trial with the same model, seed, ... The inherited axes
+    come first (outer loops); the stage's own grid follows. An axis is not inherited when one of
+    its fields overlaps a field the stage sweeps (`train` vs `train.lr`), is set in the stage's
+    own block (`train: {lr: ...}`), or is a dataset field while the stage names another dataset.
+    """
+    given = spec.model_dump(exclude_unset=True, exclude={"name", "source"})
+    own_grid = stage_raw.get("grid") or {}
+    own = _grid_fields(own_grid) if isinstance(own_grid, dict) else set()
+    other_dataset = (isinstance(given.get("dataset"), dict) and isinstance(source_raw.get("dataset"), dict)
+                     and given["dataset"].get("name", source_raw["dataset"].get("name")) != source_raw["dataset"].get("name"))
+
+    def taken(field_key: str) -> bool:
+        if any(_overlapping(field_key, g) for g in own):
+            return True
+        if other_dataset and (field_key == "dataset" or field_key.startswith("dataset.")):
+            return True
+        node: Any = given
+        for part in field_key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                return False
+            node = node[part]
+        return True
+
+    out = dict(stage_raw)
+    if "model" not in given and not taken("model"):
+        out["model"] = source_raw.get("model")
+    inherited = {key: copy.deepcopy(values) for key, values in source_grid.items()
+                 if key not in own_grid and not any(taken(f) for f in _grid_fields({key: values}))}
+    if inherited:
+        out["grid"] = {**inherited, **own_grid}
+    return out
+
+
+def _overlapping(a: str, b: str) -> bool:
+    """Whether dotted fields `a` and `b` set some of the same value (equal, or one inside the other)."""
+    return a == b or a.startswith(b + ".") or b.startswith(a + ".")
 
 
 def _check_stage_order(specs: list[StageSpec], source: str) -> None:

@@ -54,13 +54,69 @@ def test_stages_expand_in_order_and_link_each_trial_to_its_source() -> None:
     assert sweep.source_stages == {"pretrain"}
 
 
+DESIGN_TWO_STAGE = """
+name: jelassi2022-transfer
+stages:
+  - name: pretrain
+    dataset: {name: spatial, feature_seed: 0}
+    grid: {model: [vit_ti_pos, vit_ti], seed: [0, 1, 2]}
+  - name: finetune
+    source: pretrain                # start from the matching pretrain trial (same model, seed)
+    dataset: {name: spatial, feature_seed: 1}
+    grid: {transfer: [scratch, linear_probe, finetune, freeze_attention], train_size: [16, 64, 256]}
+"""
+
+
+def test_designs_two_stage_example_validates_and_links_same_model_and_seed() -> None:
+    """DESIGN.md's example, verbatim: the downstream stage sweeps neither model nor seed, so it
+    inherits both axes of its source and every trial starts from the pretrain trial of its model and seed."""
+    sweep = parse_sweep(yaml.safe_load(DESIGN_TWO_STAGE), source="design.yaml")
+    pre, down = sweep.stage_trials("pretrain"), sweep.stage_trials("finetune")
+    assert len(pre) == 6 and len(down) == 6 * 4 * 3
+    by_key = {(t["model"], t["seed"]): t["trial_id"] for t in pre}
+    assert len(by_key) == 6
+    for trial in down:
+        assert trial["source"] == by_key[(trial["model"], trial["seed"])]
+        assert trial["dataset"]["feature_seed"] == 1
+    cells = {(t["model"], t["seed"], t["transfer"], t["train_size"]) for t in down}
+    assert len(cells) == len(down)  # every model x seed x transfer x train_size once
+
+
+def test_a_stage_inherits_only_what_it_does_not_sweep_or_set() -> None:
+    pretrain = {"name": "pretrain", "model": "pa_theory", "grid": {"seed": [0, 1], "train.lr": [0.01, 0.02]}}
+
+    def sweep_with(**down):
+        return {"name": "inh", "dataset": PATCHES, "train": GD,
+                "stages": [pretrain, {"name": "down", "source": "pretrain", **down}]}
+
+    # Inherited: the model of the source stage's own block, and both of its axes.
+    sweep = parse_sweep(sweep_with(dataset={"feature_seed": 1}, grid={"transfer": ["scratch"]}))
+    pre = {(t["seed"], t["train"]["lr"]): t["trial_id"] for t in sweep.stage_trials("pretrain")}
+    down = sweep.stage_trials("down")
+    assert len(down) == 4 and all(t["model"] == "pa_theory" for t in down)
+    for trial in down:
+        assert trial["source"] == pre[(trial["seed"], trial["train"]["lr"])]
+    # Set in the stage's own block: not inherited (so the two source learning rates both match).
+    with pytest.raises(BenchInputError, match="2 source trials match pa_theory seed=1"):
+        parse_sweep(sweep_with(train={"lr": 0.05}, grid={"transfer": ["scratch"], "seed": [1]}))
+    # Swept by the stage: its own values, matched against the source's.
+    with pytest.raises(BenchInputError, match="no source trial matches pa_theory seed=0 train.lr=0.03"):
+        parse_sweep(sweep_with(grid={"transfer": ["scratch"], "seed": [0], "train.lr": [0.03]}))
+    # A dataset axis does not follow the stage onto another dataset (spatial_control has no q).
+    pretrain["grid"] = {"seed": [0], "dataset.q": [0.25, 0.5]}
+    with pytest.raises(BenchInputError, match="2 source trials match pa_theory seed=0"):
+        parse_sweep(sweep_with(dataset={"name": "spatial_control", "num_patches": 10, "patch_dim": 10, "set_size": 2},
+                               grid={"transfer": ["scratch"]}))
+
+
 @pytest.mark.parametrize(
     "change, expected",
     [
         ({"source": "pretrian"}, "stages.downstream.source: unknown stage 'pretrian'; did you mean 'pretrain'?"),
         ({"grid": {"transfer": ["frozen"], "seed": [0, 1]}}, "unknown transfer mode 'frozen'"),
         ({"grid": {"transfer": ["linear_probe"], "seed": [0, 1]}}, "linear_probe trains only a classifier"),
-        ({"grid": {"transfer": ["finetune"]}}, "2 source trials match pa_theory"),
+        # A seed set in the stage itself (not swept) is not inherited from the source's seed axis.
+        ({"seed": 0, "grid": {"transfer": ["finetune"]}}, "2 source trials match pa_theory"),
         ({"grid": {"transfer": ["finetune"], "seed": [5]}}, "no source trial matches pa_theory seed=5"),
         ({"model": "resnet18", "dataset": {"name": "spatial"}, "grid": {"transfer": ["finetune"], "seed": [0]}},
          "no source trial matches resnet18"),
