@@ -240,7 +240,7 @@ def cmd_trial(args: argparse.Namespace) -> int:
 
 
 def cmd_results(args: argparse.Namespace) -> int:
-    from bench.query import comparison_table, ok_trials
+    from bench.query import comparison_table
     from bench.store import ResultStore, list_sweeps
 
     if args.results_command == "sql":
@@ -280,11 +280,7 @@ def cmd_results(args: argparse.Namespace) -> int:
         if not names:
             print(f"no sweeps under {args.results}")
         for name in names:
-            trials = ResultStore(args.results, name).read_trials()
-            latest = trials.sort_values("finished_at").drop_duplicates("trial_id", keep="last")
-            failed = int((latest["status"] != "ok").sum())
-            last = latest["finished_at"].max()
-            print(f"{name}: {len(ok_trials(trials))} ok, {failed} failed, last finished {last:%Y-%m-%d %H:%M} UTC")
+            print(_sweep_summary(name, ResultStore(args.results, name).read_trials()))
         return EXIT_OK
     name, trial_ids = _sweep_selection(args.sweep)
     trials = ResultStore(args.results, name).read_trials()
@@ -298,6 +294,20 @@ def cmd_results(args: argparse.Namespace) -> int:
     print(comparison_table(trials, args.rows, args.cols, args.metric, args.where, args.format,
                            vs_reference=args.vs_reference, sweep=name))
     return EXIT_OK
+
+
+def _sweep_summary(name: str, trials) -> str:
+    """`name: 3 ok, 1 failed, 2 diverged, last finished ...`: each status of each trial's latest row."""
+    import pandas as pd
+
+    latest = trials.sort_values("finished_at").drop_duplicates("trial_id", keep="last")
+    counts = latest["status"].value_counts() if len(latest) else pd.Series(dtype=int)
+    shown = ["ok", "failed"] + [s for s in ("diverged", "stopped") if counts.get(s, 0)]
+    shown += sorted(str(s) for s in counts.index if s not in shown)  # anything else a store holds
+    parts = ", ".join(f"{int(counts.get(s, 0))} {s}" for s in shown)
+    last = latest["finished_at"].max() if len(latest) else pd.NaT
+    when = "no trial finished yet" if pd.isna(last) else f"last finished {last:%Y-%m-%d %H:%M} UTC"
+    return f"{name}: {parts}, {when}"
 
 
 def _markdown(frame) -> str:
@@ -330,8 +340,15 @@ def _sync_mlflow(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from bench.report import write_report
+    from bench.store import check_name, list_sweeps
 
     name, trial_ids = _sweep_selection(args.sweep)
+    try:  # before anything is created: `bench report ../x` must not make ../x/report
+        check_name("sweep", name)
+    except ValueError as exc:
+        raise BenchInputError(str(exc)) from None
+    if name not in list_sweeps(args.results):
+        raise BenchInputError(f"{name}: no sweep of that name under {args.results} (bench results ls lists them)")
     html, md = write_report(name, args.results, args.out, sweep_file=args.sweep if trial_ids is not None else None,
                             trial_ids=trial_ids)
     print(f"wrote {html}\nwrote {md}")
@@ -387,6 +404,16 @@ COMMANDS = {
 }
 
 
+def _check_results_folder(results: str | None) -> None:
+    """`--results` is a folder (it may not exist yet) or a bucket URI; an existing file is bad input."""
+    if not results or ("://" in results and not results.startswith("file://")):
+        return
+    path = Path(results.removeprefix("file://"))
+    if path.exists() and not path.is_dir():
+        raise BenchInputError(f"--results {results}: is a file; expected the result store's folder "
+                              "(or a bucket URI: s3://BUCKET/PATH, gs://BUCKET/PATH)")
+
+
 def _stdout_reader_gone() -> bool:
     """Whether stdout is a pipe whose reader has closed it (`| head -1`); a BrokenPipeError
     from anything else (a socket) is a real error and is not silenced."""
@@ -404,6 +431,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from bench import plugins
 
         plugins.load()  # users' own models and datasets (BENCH_PLUGINS), before any sweep file is read
+        _check_results_folder(getattr(args, "results", None))
         code = COMMANDS[args.command](args)
         sys.stdout.flush()  # a closed pipe shows here, inside the handler, not at interpreter exit
         return code
@@ -415,7 +443,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_BROKEN_PIPE
     except BenchInputError as exc:
-        message = " ".join(str(exc).split())  # one line, whatever the message held
+        from bench.storage import redact
+
+        message = redact(" ".join(str(exc).split()))  # one line, whatever the message held; no URI credentials
         print(f"bench: error: {message}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM: a sweep says what it saved (bench.sweep.SweepInterrupted)

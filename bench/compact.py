@@ -310,6 +310,12 @@ def compact_sweep(root: str | os.PathLike[str], sweep: str, tables: tuple[str, .
     root_s = os.fspath(root)
     if "://" in root_s and not root_s.startswith("file://"):
         raise BenchInputError(f"--results {root_s}: compaction needs a local result store")
+    from bench.store import check_name
+
+    try:  # a name, not a path: `../x` must not compact a folder outside the store
+        check_name("sweep", sweep)
+    except ValueError as exc:
+        raise BenchInputError(str(exc)) from None
     base = Path(root_s.removeprefix("file://")) / sweep
     if not (base / "trials").is_dir():
         raise BenchInputError(f"{sweep}: no sweep under {root_s} (bench results ls lists the sweeps)")

@@ -229,7 +229,7 @@ def collect(sweep: str, results: str = "results", out: Path | None = None, sweep
 def _status_counts(trials: pd.DataFrame) -> str:
     latest = trials.sort_values("finished_at").drop_duplicates("trial_id", keep="last")
     counts = latest["status"].value_counts()
-    return ", ".join(f"{n} {s}" for s, n in counts.items())
+    return html.escape(", ".join(f"{n} {s}" for s, n in counts.items()))  # stored data: text, never markup
 
 
 CSS = """
@@ -262,7 +262,7 @@ def _html_table(table: Table) -> str:
     body = "".join(
         f"<tr><th>{html.escape(row)}</th>" + "".join(f'<td class="num">{cells.get((row, c), "")}</td>' for c in col_labels) + "</tr>"
         for row in row_labels)
-    return (f'<table data-metric="{table.metric}" data-rows="{table.rows}" data-cols="{html.escape(table.cols)}">'
+    return (f'<table data-metric="{html.escape(table.metric)}" data-rows="{html.escape(table.rows)}" data-cols="{html.escape(table.cols)}">'
             f"<thead><tr><th>{html.escape(table.rows)} \\ {html.escape(table.cols)}</th>{head}</tr></thead>"
             f"<tbody>{body}</tbody></table>")
 

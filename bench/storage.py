@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -62,9 +63,67 @@ class ResultsLocation:
                 self.filesystem.delete_dir(path)
 
 
+#: Credentials a URI may carry, and the environment variables that carry them instead.
+_USERINFO_ENV = {"s3": ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"),
+                 "http": ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"),
+                 "https": ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")}
+_QUERY_ENV = {"access_key": "AWS_ACCESS_KEY_ID", "secret_key": "AWS_SECRET_ACCESS_KEY",
+              "session_token": "AWS_SESSION_TOKEN"}
+_SECRET_WORDS = ("secret", "password", "passwd", "token", "credential", "access_key", "api_key", "apikey")
+
+
+def split_credentials(uri: str) -> tuple[str, dict[str, str]]:
+    """(the URI without credentials, the environment variables that carry them instead).
+
+    `s3://KEY:SECRET@bucket/path`, `s3://bucket/path?secret_key=...` and `http://user:pass@host`
+    would otherwise be copied into Tune's persisted param space, error lines, logs and a job's
+    printed entrypoint. Credentials are moved to AWS_* (buckets) or MLFLOW_TRACKING_USERNAME /
+    _PASSWORD (an MLflow server), which pyarrow, boto3 and MLflow read; other secret-looking
+    query parameters are dropped. A URI without credentials comes back unchanged."""
+    from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+
+    if "://" not in uri:
+        return uri, {}
+    parts = urlsplit(uri)
+    scheme, netloc, env = parts.scheme.lower(), parts.netloc, {}
+    if "@" in netloc:
+        userinfo, _, netloc = netloc.rpartition("@")
+        user, _, password = userinfo.partition(":")
+        names = _USERINFO_ENV.get(scheme)
+        if names:
+            env.update({names[0]: unquote(user), **({names[1]: unquote(password)} if password else {})})
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    kept = []
+    for key, value in query:
+        if key.lower() in _QUERY_ENV:
+            env[_QUERY_ENV[key.lower()]] = value
+        elif not any(word in key.lower() for word in _SECRET_WORDS):
+            kept.append((key, value))
+    if netloc == parts.netloc and len(kept) == len(query):
+        return uri, {}
+    return urlunsplit((parts.scheme, netloc, parts.path, urlencode(kept, safe=":/"), parts.fragment)), env
+
+
+def without_credentials(uri: str) -> str:
+    """The URI as it may be shown, logged or persisted."""
+    return split_credentials(uri)[0]
+
+
+_URI_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
+
+
+def redact(text: str) -> str:
+    """A message with every URI in it stripped of credentials (error lines quote what was given)."""
+    return _URI_IN_TEXT.sub(lambda m: without_credentials(m.group(0)), text)
+
+
 def resolve_results(results: str | os.PathLike[str]) -> ResultsLocation:
-    """Parse `--results`; a bucket is checked for reachability now rather than after the first trial."""
-    text = os.fspath(results)
+    """Parse `--results`; a bucket is checked for reachability now rather than after the first trial.
+
+    Credentials in the URI move to the environment (split_credentials) before Ray starts, so its
+    workers get them and nothing that is shown or persisted holds them."""
+    text, env = split_credentials(os.fspath(results))
+    os.environ.update(env)
     if "://" not in text or text.startswith("file://"):
         path = text[len("file://"):] if text.startswith("file://") else text
         return ResultsLocation(text, pafs.LocalFileSystem(), os.path.abspath(path), True)

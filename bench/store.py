@@ -137,7 +137,11 @@ def check_name(kind: str, name: str) -> str:
 
 def _filesystem(root: str) -> tuple[pafs.FileSystem, str]:
     if "://" in root and not root.startswith("file://"):
-        return pafs.FileSystem.from_uri(root)
+        from bench.storage import split_credentials
+
+        clean, credentials = split_credentials(root)  # keys in the URI go to the environment: a pickled
+        os.environ.update(credentials)  # store (Tune keeps its callbacks) must not carry them
+        return pafs.FileSystem.from_uri(clean)
     path = root[len("file://") :] if root.startswith("file://") else root
     return pafs.LocalFileSystem(), os.path.abspath(path)
 

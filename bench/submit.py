@@ -5,9 +5,11 @@ The job runs `bench run` on the cluster's head, so everything a local run does
 unchanged. What travels with the job: a working dir holding the sweep file, and, unless
 `ship_code` is off, this checkout's `bench` package (as a runtime-env py_module, so the
 cluster runs the code the sweep was written against; the image supplies the
-dependencies). Credentials never travel: the cluster's own environment (on Kubernetes,
-Secrets) provides `MLFLOW_TRACKING_USERNAME`, `AWS_*` and the like, and
-`BENCH_RESULTS` / `MLFLOW_TRACKING_URI` defaults when the flags are not given.
+dependencies). Credentials do not travel in the command: the cluster's own environment
+(on Kubernetes, Secrets) provides `MLFLOW_TRACKING_USERNAME`, `AWS_*` and the like, and
+`BENCH_RESULTS` / `MLFLOW_TRACKING_URI` defaults when the flags are not given; credentials
+written into a `--results` or `--mlflow-uri` URI are taken out of it and sent as the job's
+environment variables instead (bench.storage.split_credentials).
 """
 
 from __future__ import annotations
@@ -121,13 +123,21 @@ def submit(
     client = connect(url)
     job_id = submission_id(sweep.name)
     name = Path(sweep_path).name
+    from bench.storage import split_credentials
+
+    # Credentials in a URI go to the job as environment variables, never into its entrypoint
+    # (which the Jobs API keeps and shows, and which is printed here).
+    results, results_env = split_credentials(results) if results else (results, {})
+    mlflow_uri, mlflow_env = split_credentials(mlflow_uri) if mlflow_uri else (mlflow_uri, {})
     with tempfile.TemporaryDirectory(prefix="bench-submit-") as staging:
         shutil.copyfile(sweep_path, Path(staging) / name)
         command = entrypoint(name, results, mlflow_uri, max_concurrent, overrides, fresh)
+        env = runtime_env(staging, ship_code)
+        env["env_vars"].update({**results_env, **mlflow_env})
         client.submit_job(
             entrypoint=command,
             submission_id=job_id,
-            runtime_env=runtime_env(staging, ship_code),
+            runtime_env=env,
             metadata={"bench.sweep": sweep.name, "bench.version": bench.__version__},
         )
     print(f"submitted {job_id}: {command}", file=out, flush=True)

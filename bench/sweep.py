@@ -420,7 +420,7 @@ def preflight(trials: list[dict[str, Any]], source: str | None = None) -> None:
 
 def _absolute(results_dir: str | os.PathLike[str]) -> str:
     """The store's root as workers must see it: a bucket URI as is, a local folder made absolute."""
-    text = os.fspath(results_dir)
+    text = storage.without_credentials(os.fspath(results_dir))  # Tune persists its param space: no secrets
     return text if "://" in text else str(Path(text).resolve())
 
 

@@ -46,6 +46,10 @@ def resolve_tracking(results_dir: str | os.PathLike[str], cli_uri: str | None) -
     """
     uri = cli_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
+        from bench.storage import split_credentials
+
+        uri, credentials = split_credentials(uri)  # http://user:pass@host: to MLFLOW_TRACKING_USERNAME/_PASSWORD
+        os.environ.update(credentials)  # so that no line, log or job shows the password
         return uri, None
     return default_tracking_uri(results_dir), (Path(results_dir).resolve() / "mlartifacts").as_uri()
 
@@ -61,7 +65,10 @@ def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
         return  # something answered; MLflow servers behind proxies may not expose /health
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise BenchInputError(f"--mlflow-uri {uri}: no MLflow server answers there ({reason})") from None
+        from bench.storage import without_credentials
+
+        raise BenchInputError(f"--mlflow-uri {without_credentials(uri)}: no MLflow server answers there "
+                              f"({without_credentials(str(reason))})") from None
 
 
 def flatten(prefix: str, value: Any, out: dict[str, str]) -> dict[str, str]:

@@ -88,6 +88,47 @@ def test_results_ls_on_an_empty_store(tmp_path):
     assert proc.returncode == 0 and "no sweeps" in proc.stdout
 
 
+def test_results_ls_counts_each_status_and_a_sweep_with_no_finished_trial(tmp_path):
+    from bench.perf.store import synthetic_row
+    from bench.store import ResultStore
+
+    store = ResultStore(tmp_path, "mixed")
+    for i, status in enumerate(["ok", "ok", "failed", "diverged", "stopped", "stopped"]):
+        store.write_trial(synthetic_row("mixed", i, status=status))
+    (tmp_path / "started" / "trials").mkdir(parents=True)  # a launch that has not finished a trial yet
+    proc = run_main("results", "ls", "--results", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert lines[0].startswith("mixed: 2 ok, 1 failed, 1 diverged, 2 stopped, last finished ")
+    assert lines[1] == "started: 0 ok, 0 failed, no trial finished yet"
+
+
+@pytest.mark.parametrize("args", [
+    ("results", "ls"), ("results", "table", "x"), ("results", "sql", "SELECT 1"), ("results", "compact", "x"),
+    ("report", "x"), ("run", str(REPO / "sweeps" / "quickstart.yaml"), "--dry-run"),
+])
+def test_results_naming_a_file_exits_2_with_one_line(tmp_path, args):
+    afile = tmp_path / "afile"
+    afile.write_text("not a folder")
+    proc = run_main(*args, "--results", str(afile))
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith(f"bench: error: --results {afile}: is a file") and proc.stdout == ""
+
+
+def test_names_are_checked_before_anything_is_created(tmp_path):
+    from bench.perf.store import synthetic_row
+    from bench.store import ResultStore
+
+    results = tmp_path / "store" / "results"
+    ResultStore(results, "ok").write_trial(synthetic_row("ok", 0))
+    (tmp_path / "store" / "x" / "trials").mkdir(parents=True)  # a folder beside the store that looks like a sweep
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    for args in (("report", "../x"), ("results", "compact", "../x"), ("report", "nope")):
+        proc = run_main(*args, "--results", str(results))
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1, (args, proc.stderr)
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # nothing created anywhere
+
+
 def test_trial_runs_one_trial_without_ray(tmp_path):
     sweep = {"name": "one", "model": "vit_ti", "model_args": {"patch_size": 4, "dim": 16, "depth": 1, "heads": 2},
              "dataset": {"name": "spatial", "num_train": 128, "num_test": 64}, "train": {"epochs": 1, "batch_size": 32}}

@@ -174,6 +174,18 @@ def test_a_second_launch_of_a_running_sweep_is_refused(tmp_path):
         pass
 
 
+def test_the_local_lock_does_not_follow_a_symlink(tmp_path):
+    store = ResultStore(tmp_path, "linked")
+    Path(store.base).mkdir(parents=True)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me\n")
+    Path(store.base, ".lock").symlink_to(victim)  # whoever can write the store could plant this
+    with pytest.raises(BenchInputError, match="symbolic link"):
+        with sweep_lock(store.fs, store.base, "linked", is_local=True):
+            pass
+    assert victim.read_text() == "keep me\n"  # not truncated, not overwritten
+
+
 def test_a_killed_launch_never_blocks_the_next(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""\
         import time

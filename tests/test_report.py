@@ -225,3 +225,47 @@ def test_report_in_a_headless_browser(store, tmp_path):
     colours = picture.getcolors(maxcolors=1 << 20) or []
     background = max(colours)[0] / (1280 * 2400)
     assert len(colours) > 200 and background < 0.97, (len(colours), background)  # text, tables and a figure drawn
+
+
+HOSTILE_STATUS = ('<img src=x onerror="document.title=\'pwned\'">'
+                  "<script>document.title='pwned'</script>")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Chromium (the system package `chromium`) for the headless-browser check")
+def test_a_hostile_status_value_is_shown_as_text_in_the_browser(store, tmp_path, monkeypatch):
+    """Stored data is untrusted: a status planted in the store renders as the characters it holds."""
+    monkeypatch.setitem(sys.modules, "bench.plots", None)  # no figures needed: the page's own markup is under test
+    ResultStore(store, SWEEP).write_trial(synthetic_row(SWEEP, 77, status=HOSTILE_STATUS, model="vit_s",
+                                                        dataset={"name": "svhn"}, train_size=1.0, seed=8,
+                                                        model_args={"depth": 7, "patch_size": 4}))
+    html_path, md_path = write_report(SWEEP, str(store), str(tmp_path / "out"))
+    assert "<script" not in html_path.read_text() and "<img src=x" not in html_path.read_text()
+    dumped = chromium(tmp_path, "--dump-dom", html_path.as_uri())
+    assert dumped.returncode == 0, dumped.stderr[-2000:]
+
+    class Page(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.tags, self.title, self.meta, self._in = [], "", "", None
+
+        def handle_starttag(self, tag, attrs):
+            self.tags.append((tag, dict(attrs)))
+            if tag == "title" or (tag == "p" and dict(attrs).get("class") == "meta" and not self.meta):
+                self._in = tag
+
+        def handle_data(self, data):
+            if self._in == "title":
+                self.title += data
+            elif self._in == "p":
+                self.meta += data
+
+        def handle_endtag(self, tag):
+            if tag == self._in:
+                self._in = None
+
+    page = Page()
+    page.feed(dumped.stdout)  # the browser's DOM after it ran whatever it would run
+    assert page.title == f"bench report: {SWEEP}"  # no script ran
+    assert not [t for t, attrs in page.tags if t == "script" or "onerror" in attrs]
+    assert f"1 {HOSTILE_STATUS}" in page.meta  # the value itself, as text
