@@ -129,10 +129,24 @@ def write_sweep(folder: Path, name: str, gpus: float = 0, epochs: int = 1) -> Pa
 def test_submit_runs_a_sweep_on_two_nodes(tmp_path, two_nodes, mlflow_server):
     sweep = write_sweep(tmp_path, "twonodes", epochs=2)
     results = two_nodes["shared"] / "results"
+    with_password = mlflow_server.replace("http://", "http://bench:pw-in-the-uri-42@")  # the server ignores it
     done = run_cli("submit", str(sweep), "--address", two_nodes["dashboard"], "--results", str(results),
-                   "--mlflow-uri", mlflow_server, "--wait", cwd=tmp_path, env=two_nodes["env"])
+                   "--mlflow-uri", with_password, "--wait", cwd=tmp_path, env=two_nodes["env"])
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     assert "submitted bench-twonodes-" in done.stdout
+    # The password went to the job as an environment variable, not into its command or any output.
+    assert "pw-in-the-uri-42" not in done.stdout + done.stderr
+    job_id = done.stdout.split("submitted ", 1)[1].split(":", 1)[0]
+    probe = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""\
+        import json
+        from ray.job_submission import JobSubmissionClient
+        info = JobSubmissionClient({two_nodes["dashboard"]!r}).get_job_info({job_id!r})
+        print(json.dumps({{"entrypoint": info.entrypoint, "env": info.runtime_env.get("env_vars", {{}})}}))
+        """)], env=two_nodes["env"], capture_output=True, text=True, timeout=120)  # the cluster's token
+    assert probe.returncode == 0, probe.stderr[-2000:]
+    info = json.loads(probe.stdout.strip().splitlines()[-1])
+    assert "pw-in-the-uri-42" not in info["entrypoint"] and f"--mlflow-uri {mlflow_server}" in info["entrypoint"]
+    assert info["env"]["MLFLOW_TRACKING_PASSWORD"] == "pw-in-the-uri-42"
     assert "[2/2] ok" in done.stdout  # the job's own log lines, streamed back
     assert "succeeded (exit code 0)" in done.stdout
 
