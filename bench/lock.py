@@ -345,8 +345,8 @@ def _lease(fs: pafs.FileSystem, path: str, sweep: str) -> Iterator[None]:
         yield
     except BaseException:
         if holder.lost:
-            raise LeaseLost(f"sweep {sweep}: stopped: {holder.lost}; nothing of the other launch was "
-                            "touched") from None
+            raise LeaseLost(f"sweep {sweep}: stopped: {holder.lost}; its checkpoints are kept and nothing "
+                            "of the sweep's .tune was deleted") from None
         raise
     finally:
         stop.set()
@@ -356,4 +356,5 @@ def _lease(fs: pafs.FileSystem, path: str, sweep: str) -> Iterator[None]:
             with contextlib.suppress(Exception):  # a lease we cannot delete goes stale on its own
                 store.delete(holder.etag)
     if holder.lost:
-        raise LeaseLost(f"sweep {sweep}: stopped: {holder.lost}; nothing of the other launch was touched")
+        raise LeaseLost(f"sweep {sweep}: stopped: {holder.lost}; its checkpoints are kept and nothing of the "
+                        "sweep's .tune was deleted")
