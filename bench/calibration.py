@@ -28,11 +28,17 @@ class CalibrationCounts:
             raise ValueError(f"bins must be >= 1, got {bins}")
         self.bins = bins
         self.table = torch.zeros(3, bins, dtype=torch.float64, device=device)
+        #: Predictions whose confidence is not a number (a diverged model's NaN logits): they have
+        #: no bin, and a model that made one has no calibration (its ECE is NaN).
+        self.nonfinite = torch.zeros((), dtype=torch.long, device=device)
 
     def add(self, logits: torch.Tensor, targets: torch.Tensor) -> None:
         """Add a batch of logits (N, C) and class indices (N,)."""
         probs = torch.softmax(logits.double(), dim=1)
         confidence, predicted = probs.max(dim=1)
+        finite = torch.isfinite(confidence)
+        self.nonfinite += (~finite).sum()
+        confidence, predicted, targets = confidence[finite], predicted[finite], targets[finite]
         index = (torch.ceil(confidence * self.bins) - 1).clamp(0, self.bins - 1).long()  # (lo, hi]
         correct = (predicted == targets).double()
         self.table[0].index_add_(0, index, torch.ones_like(confidence))
@@ -42,7 +48,7 @@ class CalibrationCounts:
     def ece(self) -> float:
         count, confidence, correct = self.table.cpu().unbind(0)
         total = float(count.sum())
-        if total == 0:
+        if total == 0 or int(self.nonfinite) > 0:
             return float("nan")
         filled = count > 0
         gap = (correct[filled] - confidence[filled]).abs() / count[filled]

@@ -118,3 +118,15 @@ def test_ece_in_results_table_and_report(tmp_path, capsys):
     assert "ece" in table and "0.0700 ± 0.0200" in table
     _, md_path = write_report(sweep, str(tmp_path), str(tmp_path / "report"))
     assert "0.0700 ± 0.0200" in md_path.read_text()
+
+
+
+
+def test_nan_logits_give_a_nan_ece_instead_of_an_index_error():
+    logits = torch.tensor([[float("nan"), 0.0], [2.0, 0.0]])
+    assert math.isnan(expected_calibration_error(logits, torch.tensor([0, 0])))
+
+
+def test_finite_logits_are_unaffected():
+    logits = torch.tensor([[4.0, 0.0], [0.0, 4.0]])
+    assert expected_calibration_error(logits, torch.tensor([0, 1])) < 0.05
