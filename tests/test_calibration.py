@@ -120,8 +120,6 @@ def test_ece_in_results_table_and_report(tmp_path, capsys):
     assert "0.0700 ± 0.0200" in md_path.read_text()
 
 
-
-
 def test_nan_logits_give_a_nan_ece_instead_of_an_index_error():
     logits = torch.tensor([[float("nan"), 0.0], [2.0, 0.0]])
     assert math.isnan(expected_calibration_error(logits, torch.tensor([0, 0])))
