@@ -7,6 +7,7 @@ Importing the analysis modules registers them (see `bench.analysis.registry`). T
 # Importing the analysis modules registers them.
 from bench.analysis import attention  # noqa: F401
 from bench.analysis import attention_distance, fourier, hessian, landscape, lesion, noise, variance  # noqa: F401
+from bench.analysis import pos_similarity  # noqa: F401
 from bench.analysis.registry import (
     AnalysisContext,
     AnalysisOptions,
