@@ -21,6 +21,7 @@ ANALYSES = [
     {"lesion": {"n_samples": 32}},
     {"landscape": {"points": 5, "n_batches": 1, "batch_size": 16}},
     {"attention_distance": {"n_samples": 8}},
+    "pos_similarity",
 ]
 
 
@@ -55,7 +56,7 @@ def test_plot_sweep_writes_scaling_and_one_figure_per_analysis(store, tmp_path):
     paths = plot_sweep(store, "demo", tmp_path / "figs")
     names = sorted(p.name for p in paths)
     stems = {"accuracy_vs_train_size", "hessian", "fourier", "variance", "noise", "lesion", "landscape",
-             "attention_distance"}
+             "attention_distance", "pos_similarity"}
     assert names == sorted(f"{s}.{f}" for s in stems for f in ("png", "svg"))
     assert paths[0].stem == "accuracy_vs_train_size"
     for path in paths:

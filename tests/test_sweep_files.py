@@ -102,7 +102,9 @@ def test_the_real_data_sweep_runs_as_smoke_on_tiny_cifar_and_svhn_files(ray_loca
     assert all(c["train"]["epochs"] == 1 and c["train"]["optimizer"] == "adamw" for c in configs)  # smoke over the recipe
     assert {tuple(c["train"]["augment"]) for c in configs if c["dataset"]["name"] == "svhn"} == {("crop",)}
     analysis = pd.read_parquet(results / "jelassi2022-real-data-smoke" / "analysis")
-    assert set(analysis.analysis) == {"attention_distance"}
+    assert set(analysis.analysis) == {"attention_distance", "pos_similarity"}
+    maps = analysis[(analysis.analysis == "pos_similarity") & (analysis.metric == "cos")]
+    assert set(maps.trial_id) == set(trials.trial_id) and len(maps) == 6 * 16 * 16  # 4 x 4 patches of 8 px
     assert not (results / "jelassi2022-real-data").exists()  # a smoke run never writes into the full run's results
 
 
