@@ -20,6 +20,14 @@ Why the defaults are what they are (all are model_args):
   full-batch GD at one learning rate stays there. The scale lets one learning rate learn
   both, and leaves the model function (and its init) unchanged.
 - `learn_attention` = False freezes A at its init (the control: no patch association).
+- `symmetric_attention` = False (default, as bench always ran it): every entry of A is its own
+  parameter. True ties A_ij = A_ji (theta enters as (theta + theta^T) / 2), as the paper's
+  logits P^T P, a Gram matrix, are. Untied, full-batch GD first associates every row, then
+  (on q = 0.5, after 1e3-1e4 steps) one row of each set turns away from its set-mate while the
+  loss keeps falling: exact association decays to 0.6 at Bayes accuracy. Tied, a row cannot
+  drop its mate without the mate dropping it, and association stays 1.0 (docs/SPATIAL.md,
+  issue 20). The default stays False so that stored trials keep their meaning; the Jelassi
+  sweeps set it.
 - `activation` sigma = 'cubic' (z^3, the best reading of the paper), 'linear' or 'relu'.
 A is never weight-decayed (`no_weight_decay`).
 
@@ -57,9 +65,10 @@ class PatchAttention(AttentionLayer):
     kind = "msa"
 
     def __init__(self, num_patches: int, patch_dim: int, diag_logit: float = 0.0, offdiag_init: float = 0.0,
-                 logit_scale: float = 1.0, learn: bool = True):
+                 logit_scale: float = 1.0, learn: bool = True, symmetric: bool = False):
         super().__init__()
         self.num_patches = num_patches
+        self.symmetric = bool(symmetric)
         self.scale = patch_dim**-0.5
         self.logit_scale = float(logit_scale)
         theta = torch.full((num_patches, num_patches), float(offdiag_init) / self.logit_scale)
@@ -70,8 +79,10 @@ class PatchAttention(AttentionLayer):
 
     @property
     def A(self) -> torch.Tensor:
-        """The (D, D) attention logits: logit_scale * theta off the diagonal, fixed on it."""
-        return self.logit_scale * self.offdiag * (1 - self.eye) + self.diag
+        """The (D, D) attention logits: logit_scale * theta off the diagonal (theta symmetrised
+        when `symmetric`), fixed on it."""
+        theta = (self.offdiag + self.offdiag.T) / 2 if self.symmetric else self.offdiag
+        return self.logit_scale * theta * (1 - self.eye) + self.diag
 
     def scores(self) -> torch.Tensor:
         """S = row-softmax(A / sqrt(d)), (D, D)."""
@@ -95,7 +106,7 @@ class PaTheory(AttentionModel):
 
     def __init__(self, num_patches: int, patch_dim: int, activation: str = "cubic", diag_logit: float | None = None,
                  offdiag_init: float = 0.0, v_init_std: float | None = None, logit_scale: float = 32.0,
-                 learn_attention: bool = True):
+                 learn_attention: bool = True, symmetric_attention: bool = False):
         super().__init__()
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, not {activation!r}")
@@ -104,7 +115,8 @@ class PaTheory(AttentionModel):
         self.activation = activation
         self.sigma = ACTIVATIONS[activation]
         self.v = nn.Parameter(torch.randn(patch_dim) * v_init_std)
-        self.attn = PatchAttention(num_patches, patch_dim, diag_logit, offdiag_init, logit_scale, learn_attention)
+        self.attn = PatchAttention(num_patches, patch_dim, diag_logit, offdiag_init, logit_scale, learn_attention,
+                                   symmetric_attention)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, D, d) patches -> (B, D) attended values D * sum_j S_ij <v, X_j>."""
@@ -148,6 +160,7 @@ def pa_theory(
     v_init_std: float | None = None,
     logit_scale: float = 32.0,
     learn_attention: bool = True,
+    symmetric_attention: bool = False,
 ) -> PaTheory:
     """Jelassi et al.'s theory model; img_size = D patches, in_chans = d.
 
@@ -156,4 +169,5 @@ def pa_theory(
     """
     if num_classes != 2:
         raise ValueError(f"pa_theory is a binary classifier (2 logits [-F/2, F/2]), got num_classes={num_classes}")
-    return PaTheory(img_size, in_chans, activation, diag_logit, offdiag_init, v_init_std, logit_scale, learn_attention)
+    return PaTheory(img_size, in_chans, activation, diag_logit, offdiag_init, v_init_std, logit_scale, learn_attention,
+                    symmetric_attention)
